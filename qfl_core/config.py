@@ -1,0 +1,364 @@
+"""Typed configuration for a quantum federation, built from plain dicts or YAML presets.
+
+Every config is a frozen pydantic model that forbids unknown keys. :func:`build_config` turns validation
+failures into a :class:`ConfigError` whose message names each bad field (dotted path), the value given and what
+is allowed. Nothing is clamped: a value outside its range is an error.
+
+Presets live in ``configs/federations/*.yaml`` (installed as :mod:`qflgym.configs`) and are loaded with
+:meth:`FederationConfig.from_preset`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+#: A per-client quantity: one value for every client, or ``[low, high]`` from which each client draws its own.
+PerClient = float | tuple[float, float]
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field, the value and what is allowed."""
+
+
+class StrictModel(BaseModel):
+    """Base for all qflgym configs: frozen, unknown keys rejected, no silent coercion of types."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, validate_default=True)
+
+
+def registered_name(registry_path: str) -> Callable[[str], str]:
+    """Return a validator that accepts only names registered in a lazily imported registry.
+
+    Args:
+        registry_path: ``"module:attribute"`` of a :class:`~qflgym.qfl_core.registry.Registry`.
+    """
+
+    def check(value: str) -> str:
+        import importlib
+
+        module, attr = registry_path.split(":")
+        registry = getattr(importlib.import_module(module), attr)
+        if value not in registry:
+            raise ValueError(f"unknown {registry.kind} {value!r}; allowed: {', '.join(registry.names())}")
+        return value
+
+    return check
+
+
+def _check_range(value: PerClient, low: float, high: float, *, low_open: bool = False) -> PerClient:
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if v < low or v > high or (low_open and v == low):
+            bracket = "(" if low_open else "["
+            raise ValueError(f"value {v!r} is outside the allowed range {bracket}{low}, {high}]")
+    if isinstance(value, tuple) and value[0] > value[1]:
+        raise ValueError(f"range [low, high] must have low <= high, got {list(value)}")
+    return value
+
+
+class DataConfig(StrictModel):
+    """Which dataset to learn and how to split it."""
+
+    dataset: str = "digits"
+    """Dataset name from :data:`qflgym.qfl_core.data.DATASETS` (digits, iris, wine, breast_cancer, moons, ...)."""
+    classes: tuple[int, ...] | None = None
+    """Keep only these labels (relabelled 0..k-1), or all of them."""
+    n_samples: int = Field(1000, ge=20)
+    """Number of samples drawn by generated datasets (ignored by the bundled ones)."""
+    max_samples: int | None = Field(None, ge=20)
+    """Keep at most this many samples (a seeded stratified subset), or all."""
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    """Fraction held out for the server's validation set."""
+    test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    """Fraction held out for the final test set."""
+    angle_scale: float = Field(3.141592653589793, gt=0.0)
+    """Features are scaled to ``[0, angle_scale]`` rotation angles."""
+
+    _dataset = field_validator("dataset")(registered_name("qflgym.qfl_core.data:DATASETS"))
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and (len(value) < 2 or len(set(value)) != len(value)):
+            raise ValueError(f"classes must list at least two distinct labels, got {list(value)}")
+        return value
+
+
+class PartitionConfig(StrictModel):
+    """How the training split is distributed over clients."""
+
+    scheme: str = "dirichlet"
+    """Partition scheme from :data:`qflgym.qfl_core.partition.PARTITIONS` (iid, dirichlet, shards, quantity_skew)."""
+    alpha: float = Field(0.5, gt=0.0)
+    """Dirichlet concentration (label skew for ``dirichlet``, size skew for ``quantity_skew``); small = skewed."""
+    shards_per_client: int = Field(2, ge=1)
+    """Classes (shards) per client for the ``shards`` scheme."""
+    min_samples: int = Field(4, ge=1)
+    """Every client gets at least this many training samples."""
+
+    _scheme = field_validator("scheme")(registered_name("qflgym.qfl_core.partition:PARTITIONS"))
+
+
+class CircuitConfig(StrictModel):
+    """The variational quantum classifier every client trains."""
+
+    n_qubits: int = Field(4, ge=1, le=12)
+    """Qubits (also the number of input features after PCA)."""
+    n_layers: int = Field(2, ge=1, le=16)
+    """Variational layers."""
+    reupload: bool = False
+    """Re-embed the input before every layer (data re-uploading)."""
+    entangler: Literal["ring", "long_range"] = "long_range"
+    """CNOT pattern: ``ring`` (range 1) or ``long_range`` (StronglyEntanglingLayers ranges)."""
+    readout: Literal["linear", "grouping"] = "linear"
+    """Pauli-Z expectations to logits: a trainable linear map, or a fixed grouping of qubits per class."""
+
+
+class BackendConfig(StrictModel):
+    """The simulator that evaluates circuits."""
+
+    name: str = "torch"
+    """Backend from :data:`qflgym.qfl_core.backends.BACKENDS` (``torch`` or ``pennylane``)."""
+    device: str = "default.qubit"
+    """PennyLane device name for the ``pennylane`` backend (``default.mixed`` is used when noise is set)."""
+    broadcast: bool = True
+    """PennyLane backend: evaluate a batch with parameter broadcasting (true) or one sample at a time."""
+    dtype: Literal["float64", "float32"] = "float64"
+    """Real dtype of parameters and features (complex amplitudes use the matching complex dtype)."""
+
+    _name = field_validator("name")(registered_name("qflgym.qfl_core.backends:BACKENDS"))
+
+
+class ClientsConfig(StrictModel):
+    """The client population and its quantum device profiles.
+
+    Per-client fields take one value for every client or a ``[low, high]`` range from which each client draws
+    its own value (uniformly; latency log-uniformly) with the federation's seed.
+    """
+
+    n_clients: int = Field(10, ge=1, le=1000)
+    """Number of clients."""
+    shots: int | None | tuple[int | None, ...] = None
+    """Shots per circuit execution (None = exact expectations), or a tuple of choices drawn per client."""
+    depolarizing: PerClient = 0.0
+    """Depolarizing probability applied to every qubit after every layer, in [0, 0.75]."""
+    readout_error: PerClient = 0.0
+    """Symmetric bit-flip probability of each measured qubit, in [0, 0.5]."""
+    latency_s: PerClient = 1e-3
+    """Seconds per circuit execution on the client's device."""
+    availability: PerClient = 1.0
+    """Probability that a selected client takes part in a round, in (0, 1]."""
+
+    @field_validator("shots")
+    @classmethod
+    def _shots(cls, value: int | None | tuple[int | None, ...]) -> int | None | tuple[int | None, ...]:
+        values = value if isinstance(value, tuple) else (value,)
+        if not values or any(v is not None and v < 1 for v in values):
+            raise ValueError(f"shots must be None or a positive integer (or a non-empty tuple of them), got {value!r}")
+        return value
+
+    @field_validator("depolarizing")
+    @classmethod
+    def _depolarizing(cls, value: PerClient) -> PerClient:
+        return _check_range(value, 0.0, 0.75)
+
+    @field_validator("readout_error")
+    @classmethod
+    def _readout(cls, value: PerClient) -> PerClient:
+        return _check_range(value, 0.0, 0.5)
+
+    @field_validator("latency_s")
+    @classmethod
+    def _latency(cls, value: PerClient) -> PerClient:
+        return _check_range(value, 0.0, 3600.0, low_open=True)
+
+    @field_validator("availability")
+    @classmethod
+    def _availability(cls, value: PerClient) -> PerClient:
+        return _check_range(value, 0.0, 1.0, low_open=True)
+
+
+class TrainingConfig(StrictModel):
+    """Local training on each client (defaults for a round; a controller may override lr and local steps)."""
+
+    optimizer: str = "sgd"
+    """Local optimizer from :data:`qflgym.qfl_core.optim.OPTIMIZERS` (``sgd``, ``adam``)."""
+    lr: float = Field(0.1, gt=0.0, le=10.0)
+    """Local learning rate."""
+    local_steps: int = Field(1, ge=1, le=1000)
+    """Local minibatch steps per round."""
+    batch_size: int = Field(32, ge=1)
+    """Minibatch size (capped by nothing: a client with fewer samples uses all of them each step)."""
+
+    _optimizer = field_validator("optimizer")(registered_name("qflgym.qfl_core.optim:OPTIMIZERS"))
+
+
+class StrategyConfig(StrictModel):
+    """Server strategy, named as in Flower."""
+
+    name: str = "fedavg"
+    """Strategy from :data:`qflgym.qfl_core.strategies.STRATEGIES` (fedavg, fedprox, fedadam, fedyogi, fedadagrad)."""
+    proximal_mu: float = Field(0.01, ge=0.0)
+    """FedProx proximal coefficient mu (used by ``fedprox`` only)."""
+    server_lr: float = Field(0.1, gt=0.0)
+    """Server learning rate eta of the adaptive optimizers (FedAdam, FedYogi, FedAdagrad)."""
+    beta_1: float = Field(0.9, ge=0.0, lt=1.0)
+    """First-moment decay of FedAdam / FedYogi."""
+    beta_2: float = Field(0.99, ge=0.0, lt=1.0)
+    """Second-moment decay of FedAdam / FedYogi."""
+    tau: float = Field(1e-3, gt=0.0)
+    """Adaptivity (epsilon) of the adaptive optimizers."""
+
+    _name = field_validator("name")(registered_name("qflgym.qfl_core.strategies:STRATEGIES"))
+
+
+class FederationConfig(StrictModel):
+    """Everything that defines a federation; ``Federation(config, seed)`` makes it reproducible."""
+
+    data: DataConfig = DataConfig()
+    partition: PartitionConfig = PartitionConfig()
+    circuit: CircuitConfig = CircuitConfig()
+    backend: BackendConfig = BackendConfig()
+    clients: ClientsConfig = ClientsConfig()
+    training: TrainingConfig = TrainingConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    server_time_s: float = Field(0.05, ge=0.0)
+    """Simulated seconds the server spends per round (aggregation and evaluation)."""
+    evaluate_test: bool = True
+    """Evaluate the global model on the test split every round (validation is always evaluated)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FederationConfig:
+        if self.circuit.readout == "grouping" and self.data.classes is not None:
+            if len(self.data.classes) > self.circuit.n_qubits:
+                raise ValueError(
+                    f"circuit.readout='grouping' needs n_qubits >= number of classes; "
+                    f"got {self.circuit.n_qubits} qubits for {len(self.data.classes)} classes"
+                )
+        return self
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FederationConfig:
+        """Build from a plain (nested) dict; raises :class:`ConfigError` naming each bad field."""
+        return build_config(cls, data, "federation")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> FederationConfig:
+        """Build from a YAML file."""
+        return cls.from_dict(load_yaml(path))
+
+    @classmethod
+    def from_preset(cls, name: str, overrides: Mapping[str, Any] | None = None) -> FederationConfig:
+        """Build a named preset from ``configs/federations/<name>.yaml``, deep-merged with ``overrides``."""
+        return cls.from_dict(deep_merge(load_preset("federations", name), overrides or {}))
+
+    def merged(self, overrides: Mapping[str, Any]) -> FederationConfig:
+        """Return a copy with ``overrides`` (a nested dict) deep-merged in and validated."""
+        return self.from_dict(deep_merge(self.model_dump(), overrides))
+
+
+def build_config(cls: type[ModelT], data: Mapping[str, Any], what: str) -> ModelT:
+    """Validate ``data`` into ``cls``, turning pydantic errors into one :class:`ConfigError`.
+
+    Args:
+        cls: The config model.
+        data: A plain nested mapping.
+        what: What is being configured, for the message (e.g. ``"federation"``).
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{what} config must be a mapping, got {type(data).__name__}")
+    try:
+        return cls.model_validate(dict(data))
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, what)) from None
+
+
+def format_validation_error(err: ValidationError, what: str) -> str:
+    """Render a pydantic error as ``field: problem (got value)`` lines, allowed keys included for typos."""
+    lines = [f"invalid {what} config:"]
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"] if not str(p).startswith(("function-", "tuple[", "union[")))
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown field{_allowed_keys_hint(err.title, item['loc'])}")
+            continue
+        lines.append(f"  {loc}: {msg} (got {item.get('input')!r})")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _allowed_keys_hint(model_name: str, loc: tuple[Any, ...]) -> str:
+    model = _MODELS.get(model_name)
+    for part in loc[:-1]:
+        if model is None:
+            break
+        annotation = model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    if model is None:
+        return ""
+    return f"; allowed: {', '.join(model.model_fields)}"
+
+
+_MODELS: dict[str, type[BaseModel]] = {}
+
+
+def register_config_model(model: type[BaseModel]) -> type[BaseModel]:
+    """Make ``model``'s field names available to error messages about unknown keys."""
+    _MODELS[model.__name__] = model
+    return model
+
+
+register_config_model(FederationConfig)
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``overrides`` merged in recursively (mappings merge, everything else replaces)."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from ``path``, with a clear error when it is missing or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def preset_names(group: str) -> list[str]:
+    """Names of the YAML presets shipped in ``configs/<group>/``."""
+    folder = resources.files("qflgym.configs") / group
+    return sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith((".yaml", ".yml")))
+
+
+def load_preset(group: str, name: str) -> dict[str, Any]:
+    """Load the preset ``configs/<group>/<name>.yaml`` shipped with the package.
+
+    Raises:
+        ConfigError: Naming the available presets when ``name`` is unknown.
+    """
+    folder = resources.files("qflgym.configs") / group
+    for suffix in (".yaml", ".yml"):
+        candidate = folder / f"{name}{suffix}"
+        if candidate.is_file():
+            data = yaml.safe_load(candidate.read_text()) or {}
+            if not isinstance(data, dict):
+                raise ConfigError(f"preset {group}/{name}: top level must be a mapping")
+            return data
+    raise ConfigError(f"unknown {group} preset {name!r}; allowed: {', '.join(preset_names(group))}")
