@@ -224,13 +224,13 @@ class StrategyConfig(StrictModel):
 class FederationConfig(StrictModel):
     """Everything that defines a federation; ``Federation(config, seed)`` makes it reproducible."""
 
-    data: DataConfig = DataConfig()
-    partition: PartitionConfig = PartitionConfig()
-    circuit: CircuitConfig = CircuitConfig()
-    backend: BackendConfig = BackendConfig()
-    clients: ClientsConfig = ClientsConfig()
-    training: TrainingConfig = TrainingConfig()
-    strategy: StrategyConfig = StrategyConfig()
+    data: DataConfig = Field(default_factory=DataConfig)
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    circuit: CircuitConfig = Field(default_factory=CircuitConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    clients: ClientsConfig = Field(default_factory=ClientsConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     server_time_s: float = Field(0.05, ge=0.0)
     """Simulated seconds the server spends per round (aggregation and evaluation)."""
     evaluate_test: bool = True

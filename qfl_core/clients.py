@@ -1,0 +1,237 @@
+"""Quantum clients: device profiles and vectorized local training.
+
+Each client owns a shard of the training data and a :class:`DeviceProfile` (shots, gate and readout noise,
+latency per circuit execution, availability). :class:`ClientPool` trains any subset of clients in one batched
+call: the selected clients' parameter copies form a ``[C, P]`` stack, each client draws its own minibatches
+from its own data, and one autograd call gives every client the gradient of its own loss.
+
+Cost model (what a round would cost on real devices): one training step on a batch of ``b`` samples needs
+``b * (1 + 2 * n_circuit_params)`` circuit executions (a forward pass plus the parameter-shift rule for the
+gradient); shots spent are ``executions * shots`` (zero for exact simulation) and the client's wall time is
+``executions * latency_s``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .backends.base import Backend, ClientNoise
+from .circuits import CircuitSpec
+from .config import ClientsConfig, PerClient, TrainingConfig
+from .optim import OPTIMIZERS
+from .strategies import FitConfig
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """The quantum device a client trains on.
+
+    Attributes:
+        shots: Shots per circuit execution, or None for exact expectations.
+        depolarizing: Depolarizing probability per qubit after every layer.
+        readout_error: Bit-flip probability of each measured qubit.
+        latency_s: Seconds per circuit execution.
+        availability: Probability of taking part in a round when selected.
+    """
+
+    shots: int | None
+    depolarizing: float
+    readout_error: float
+    latency_s: float
+    availability: float
+
+
+def _draw(value: PerClient, n: int, rng: np.random.Generator, *, log: bool = False) -> np.ndarray:
+    if not isinstance(value, tuple):
+        return np.full(n, float(value))
+    low, high = value
+    if log:
+        return np.exp(rng.uniform(np.log(low), np.log(high), size=n))
+    return rng.uniform(low, high, size=n)
+
+
+def draw_profiles(config: ClientsConfig, rng: np.random.Generator) -> list[DeviceProfile]:
+    """Draw one device profile per client from the population config.
+
+    Ranges ``[low, high]`` are drawn uniformly (latency log-uniformly); a tuple of shot counts is sampled per
+    client. Draw order is fixed, so the same seed gives the same population.
+    """
+    n = config.n_clients
+    if isinstance(config.shots, tuple):
+        shots = [config.shots[i] for i in rng.integers(len(config.shots), size=n)]
+    else:
+        shots = [config.shots] * n
+    depolarizing = _draw(config.depolarizing, n, rng)
+    readout = _draw(config.readout_error, n, rng)
+    latency = _draw(config.latency_s, n, rng, log=True)
+    availability = _draw(config.availability, n, rng)
+    return [
+        DeviceProfile(
+            shots=None if shots[i] is None else int(shots[i]),
+            depolarizing=float(depolarizing[i]),
+            readout_error=float(readout[i]),
+            latency_s=float(latency[i]),
+            availability=float(availability[i]),
+        )
+        for i in range(n)
+    ]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Outcome of local training for a batch of clients (rows follow ``client_ids``).
+
+    Attributes:
+        client_ids: The clients that trained.
+        params: ``[C, P]`` trained parameters.
+        loss_before: ``[C]`` loss on each client's first minibatch before training.
+        loss_after: ``[C]`` loss on that same minibatch after training.
+        num_examples: ``[C]`` training-set size of each client (the aggregation weight).
+        samples_used: ``[C]`` samples processed over all local steps.
+        circuit_executions: ``[C]`` circuit executions the training would take on hardware.
+        shots_used: ``[C]`` shots spent.
+        wall_time_s: ``[C]`` simulated device time.
+    """
+
+    client_ids: np.ndarray
+    params: torch.Tensor
+    loss_before: torch.Tensor
+    loss_after: torch.Tensor
+    num_examples: torch.Tensor
+    samples_used: np.ndarray
+    circuit_executions: np.ndarray
+    shots_used: np.ndarray
+    wall_time_s: np.ndarray
+
+
+class ClientPool:
+    """All clients of a federation, their data and devices, trained in batched calls.
+
+    Args:
+        spec: The circuit every client trains.
+        backend: Circuit simulator.
+        client_data: Per client ``(x [n_i, Q], y [n_i])`` arrays.
+        profiles: One device profile per client.
+        training: Optimizer and batch size.
+        dtype: Real dtype of features and parameters.
+    """
+
+    def __init__(
+        self,
+        spec: CircuitSpec,
+        backend: Backend,
+        client_data: Sequence[tuple[np.ndarray, np.ndarray]],
+        profiles: Sequence[DeviceProfile],
+        training: TrainingConfig,
+        dtype: torch.dtype,
+    ) -> None:
+        if len(client_data) != len(profiles):
+            raise ValueError(f"got data for {len(client_data)} clients but {len(profiles)} device profiles")
+        self.spec = spec
+        self.backend = backend
+        self.profiles = list(profiles)
+        self.optimizer_cls = OPTIMIZERS.get(training.optimizer)
+        self.batch_size = training.batch_size
+        sizes = np.array([len(y) for _, y in client_data], dtype=np.int64)
+        max_n = int(sizes.max())
+        x = np.zeros((len(client_data), max_n, spec.n_qubits))
+        y = np.zeros((len(client_data), max_n), dtype=np.int64)
+        for i, (xi, yi) in enumerate(client_data):
+            x[i, : len(yi)] = xi
+            y[i, : len(yi)] = yi
+        self.sizes = sizes
+        self._x = torch.as_tensor(x, dtype=dtype)
+        self._y = torch.as_tensor(y)
+        self._sizes = torch.as_tensor(sizes)
+        self._padding = torch.arange(max_n)[None, :] >= self._sizes[:, None]
+        self._batch = min(self.batch_size, max_n)
+        self._executions_per_sample = 1 + 2 * spec.n_circuit_params
+        self._latency = np.array([p.latency_s for p in profiles])
+        self._shots = np.array([p.shots or 0 for p in profiles], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.profiles)
+
+    def noise(self, client_ids: np.ndarray) -> ClientNoise:
+        """The device noise of ``client_ids``, in order."""
+        profiles = [self.profiles[i] for i in client_ids]
+        return ClientNoise(
+            shots=tuple(p.shots for p in profiles),
+            depolarizing=tuple(p.depolarizing for p in profiles),
+            readout_error=tuple(p.readout_error for p in profiles),
+        )
+
+    def loss(
+        self,
+        params: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        noise: ClientNoise,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """Mean cross-entropy per client over the unmasked samples of its batch: ``[C]``."""
+        weights, readout = self.spec.split(params)
+        logits = self.spec.logits(self.backend.expvals(weights, x, noise, generator), readout)
+        ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+        return (ce * mask).sum(1) / mask.sum(1)
+
+    def _sample_batch(
+        self, rows: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        keys = torch.rand(self._padding[rows].shape, generator=generator, dtype=self._x.dtype)
+        keys.masked_fill_(self._padding[rows], 2.0)
+        order = keys.argsort(dim=1)[:, : self._batch]
+        x = self._x[rows[:, None], order]
+        y = self._y[rows[:, None], order]
+        mask = (torch.arange(self._batch)[None, :] < self._sizes[rows, None]).to(self._x.dtype)
+        return x, y, mask
+
+    def fit(
+        self, global_params: torch.Tensor, client_ids: np.ndarray, fit: FitConfig, generator: torch.Generator
+    ) -> FitResult:
+        """Train ``client_ids`` locally from ``global_params`` (``[P]``) as the server instructed.
+
+        Every client starts from the global model with a fresh optimizer, runs ``fit.local_steps`` minibatch
+        steps on its own data (without replacement within a step), and adds FedProx's proximal term when
+        ``fit.proximal_mu > 0``.
+        """
+        rows = torch.as_tensor(client_ids, dtype=torch.long)
+        noise = self.noise(client_ids)
+        params = global_params.expand(len(client_ids), -1).clone()
+        optimizer = self.optimizer_cls(params, fit.lr)
+        first_batch = None
+        loss_before = None
+        for _ in range(fit.local_steps):
+            batch = self._sample_batch(rows, generator)
+            params.requires_grad_(True)
+            loss = self.loss(params, *batch, noise, generator)
+            objective = loss.sum()
+            if fit.proximal_mu > 0:
+                objective = objective + 0.5 * fit.proximal_mu * (params - global_params).pow(2).sum()
+            (grad,) = torch.autograd.grad(objective, params)
+            if first_batch is None:
+                first_batch, loss_before = batch, loss.detach()
+            params = optimizer.step(params.detach(), grad)
+        assert first_batch is not None and loss_before is not None
+        with torch.no_grad():
+            loss_after = self.loss(params, *first_batch, noise, generator)
+        per_step = np.minimum(self.sizes[client_ids], self._batch)
+        samples = per_step * fit.local_steps
+        executions = samples * self._executions_per_sample
+        return FitResult(
+            client_ids=client_ids,
+            params=params,
+            loss_before=loss_before,
+            loss_after=loss_after,
+            num_examples=self._sizes[rows],
+            samples_used=samples,
+            circuit_executions=executions,
+            shots_used=executions * self._shots[client_ids],
+            wall_time_s=executions * self._latency[client_ids],
+        )

@@ -1,0 +1,291 @@
+"""Datasets and their train/validation/test splits, with features already mapped to rotation angles.
+
+A dataset is a loader registered in :data:`DATASETS` with one shape::
+
+    loader(config: DataConfig, rng: np.random.Generator) -> (X [n, d] float, y [n] int)
+
+Bundled scikit-learn sets (``digits``, ``iris``, ``wine``, ``breast_cancer``) are read from the files that
+ship with scikit-learn; the generated sets (``classification``, ``moons``) draw ``config.n_samples`` points
+seeded from ``rng``. Nothing is ever downloaded.
+
+:func:`load_splits` turns a loader's output into :class:`DataSplits`:
+
+1. keep ``config.classes`` (relabelled ``0..k-1`` in the order given) or all labels (relabelled in sorted
+   order),
+2. keep a seeded stratified subset of ``config.max_samples`` samples, if set,
+3. split stratified into train / validation / test by ``val_fraction`` and ``test_fraction``,
+4. fit on the training split only: standardize, PCA to ``n_features`` components (one per qubit), then map
+   each component linearly so the training values span exactly ``[0, angle_scale]``.
+
+Held-out (validation/test) samples go through the same fitted maps and are *not* clipped, so their angles
+may fall slightly outside ``[0, angle_scale]``; that is harmless for rotation gates and keeps held-out data
+honest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from qflgym.qfl_core.config import ConfigError, DataConfig
+from qflgym.qfl_core.registry import Registry
+from sklearn import datasets as skdatasets
+from sklearn.decomposition import PCA
+from sklearn.preprocessing import StandardScaler
+
+#: ``loader(config, rng) -> (X [n, d] float, y [n] int)``.
+DatasetLoader = Callable[[DataConfig, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+#: Registered datasets; third-party packages may add entries through the ``qflgym.datasets`` entry points.
+DATASETS: Registry[DatasetLoader] = Registry("dataset", entry_point_group="qflgym.datasets")
+
+
+def _seed(rng: np.random.Generator) -> int:
+    """Draw a scikit-learn ``random_state`` from ``rng``."""
+    return int(rng.integers(0, 2**31 - 1))
+
+
+@DATASETS.register("digits")
+def load_digits(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Handwritten digits: 1797 images of 8x8 pixels (64 features), 10 classes (bundled with scikit-learn)."""
+    del config, rng
+    return skdatasets.load_digits(return_X_y=True)
+
+
+@DATASETS.register("iris")
+def load_iris(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Iris flowers: 150 samples, 4 features, 3 classes (bundled with scikit-learn)."""
+    del config, rng
+    return skdatasets.load_iris(return_X_y=True)
+
+
+@DATASETS.register("wine")
+def load_wine(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Wine cultivars: 178 samples, 13 features, 3 classes (bundled with scikit-learn)."""
+    del config, rng
+    return skdatasets.load_wine(return_X_y=True)
+
+
+@DATASETS.register("breast_cancer")
+def load_breast_cancer(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Wisconsin breast cancer: 569 samples, 30 features, 2 classes (bundled with scikit-learn)."""
+    del config, rng
+    return skdatasets.load_breast_cancer(return_X_y=True)
+
+
+@DATASETS.register("classification")
+def load_classification(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Generated Gaussian clusters: ``config.n_samples`` samples, 16 features (8 informative), 4 classes.
+
+    Uses :func:`sklearn.datasets.make_classification` with two clusters per class and no label noise; the
+    16 raw features allow up to 12 qubits (the circuit maximum).
+    """
+    return skdatasets.make_classification(
+        n_samples=config.n_samples,
+        n_features=16,
+        n_informative=8,
+        n_redundant=4,
+        n_repeated=0,
+        n_classes=4,
+        n_clusters_per_class=2,
+        class_sep=1.5,
+        flip_y=0.0,
+        random_state=_seed(rng),
+    )
+
+
+@DATASETS.register("moons")
+def load_moons(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Generated interleaving half circles: ``config.n_samples`` samples, 2 features, noise 0.2, 2 classes.
+
+    With only two raw features it suits circuits of one or two qubits.
+    """
+    return skdatasets.make_moons(n_samples=config.n_samples, noise=0.2, random_state=_seed(rng))
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """Train / validation / test splits with features already mapped to rotation angles.
+
+    Arrays are plain (writable) numpy arrays; treat them as read-only.
+
+    Attributes:
+        x_train: Training angles ``[n_train, n_features]`` (float64), spanning exactly ``[0, angle_scale]``
+            per feature.
+        y_train: Training labels ``[n_train]`` (int64) in ``0..n_classes-1``.
+        x_val: Validation angles ``[n_val, n_features]``; mapped with the training fit, so values may fall
+            slightly outside ``[0, angle_scale]``.
+        y_val: Validation labels ``[n_val]``.
+        x_test: Test angles ``[n_test, n_features]``; same caveat as ``x_val``.
+        y_test: Test labels ``[n_test]``.
+        n_classes: Number of classes ``K``.
+        n_features: Number of features (one per qubit).
+        class_labels: The dataset's original label of each class ``0..K-1``.
+        dataset: The dataset name.
+        explained_variance: Fraction of the (standardized) training variance kept by the PCA.
+        train_index: Position of each training sample in the loader's output ``(X, y)`` (int64).
+        val_index: Same for the validation samples.
+        test_index: Same for the test samples; the three index arrays are disjoint.
+    """
+
+    x_train: np.ndarray = field(repr=False)
+    y_train: np.ndarray = field(repr=False)
+    x_val: np.ndarray = field(repr=False)
+    y_val: np.ndarray = field(repr=False)
+    x_test: np.ndarray = field(repr=False)
+    y_test: np.ndarray = field(repr=False)
+    n_classes: int
+    n_features: int
+    class_labels: tuple[int, ...]
+    dataset: str = ""
+    explained_variance: float = float("nan")
+    train_index: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64), repr=False)
+    val_index: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64), repr=False)
+    test_index: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64), repr=False)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The original labels as strings, one per class."""
+        return tuple(str(label) for label in self.class_labels)
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        """``(n_train, n_val, n_test)``."""
+        return len(self.y_train), len(self.y_val), len(self.y_test)
+
+
+def load_splits(config: DataConfig, n_features: int, rng: np.random.Generator) -> DataSplits:
+    """Load ``config.dataset`` and return stratified splits mapped to rotation angles.
+
+    All randomness (generated data, subsets, splits) is drawn from ``rng``; the preprocessing (standardize,
+    PCA, min/max scaling) is fitted on the training split only.
+
+    Args:
+        config: The data configuration.
+        n_features: Number of features after PCA (the circuit's ``n_qubits``).
+        rng: The federation's structural random generator.
+
+    Returns:
+        The splits, with training angles spanning exactly ``[0, config.angle_scale]`` per feature.
+
+    Raises:
+        ConfigError: If a label in ``config.classes`` is not in the dataset, if ``n_features`` exceeds the
+            dataset's dimension, or if too few training samples remain for ``n_features`` components.
+    """
+    if n_features < 1:
+        raise ConfigError(f"circuit.n_qubits must be >= 1, got {n_features}")
+    x, y = _checked(config.dataset, *DATASETS.get(config.dataset)(config, rng))
+    x, y, kept, class_labels = _select_classes(x, y, config)
+
+    dim = x.shape[1]
+    if n_features > dim:
+        raise ConfigError(
+            f"circuit.n_qubits={n_features} exceeds the dimension of dataset {config.dataset!r} "
+            f"({dim} features); use circuit.n_qubits <= {dim} or another dataset"
+        )
+
+    if config.max_samples is not None and config.max_samples < len(y):
+        keep, _ = _systematic_take(_stratified_order(y, rng), config.max_samples, rng)
+        x, y, kept = x[keep], y[keep], kept[keep]
+
+    n = len(y)
+    n_test = max(1, round(n * config.test_fraction))
+    n_val = max(1, round(n * config.val_fraction))
+    n_train = n - n_val - n_test
+    if n_train <= n_features:
+        raise ConfigError(
+            f"only {n_train} of {n} samples of dataset {config.dataset!r} remain for training, too few for "
+            f"{n_features} PCA features (circuit.n_qubits); raise data.max_samples or data.n_samples, or "
+            f"lower data.val_fraction ({config.val_fraction}) / data.test_fraction ({config.test_fraction})"
+        )
+    train, rest = _systematic_take(_stratified_order(y, rng), n_train, rng)
+    val, test = _systematic_take(rest, n_val, rng)
+    train, val, test = rng.permutation(train), rng.permutation(val), rng.permutation(test)
+
+    scaler = StandardScaler().fit(x[train])
+    pca = PCA(n_components=n_features, svd_solver="full").fit(scaler.transform(x[train]))
+    z_train = pca.transform(scaler.transform(x[train]))
+    low, high = z_train.min(axis=0), z_train.max(axis=0)
+    width = np.where(high - low > 0.0, high - low, 1.0)
+
+    def angles(indices: np.ndarray) -> np.ndarray:
+        z = pca.transform(scaler.transform(x[indices]))
+        return np.ascontiguousarray((z - low) / width * config.angle_scale, dtype=np.float64)
+
+    return DataSplits(
+        x_train=angles(train),
+        y_train=y[train],
+        x_val=angles(val),
+        y_val=y[val],
+        x_test=angles(test),
+        y_test=y[test],
+        n_classes=len(class_labels),
+        n_features=n_features,
+        class_labels=class_labels,
+        dataset=config.dataset,
+        explained_variance=float(np.sum(pca.explained_variance_ratio_)),
+        train_index=kept[train],
+        val_index=kept[val],
+        test_index=kept[test],
+    )
+
+
+def _checked(name: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a loader's output and convert it to ``(float64 [n, d], int64 [n])``."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y)
+    if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
+        raise ValueError(
+            f"dataset {name!r} loader must return X [n, d] and y [n]; got shapes {x.shape} and {y.shape}"
+        )
+    if not np.issubdtype(y.dtype, np.integer) and not np.all(np.equal(np.mod(y, 1), 0)):
+        raise ValueError(f"dataset {name!r} loader must return integer labels, got dtype {y.dtype}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"dataset {name!r} loader returned non-finite features")
+    return x, y.astype(np.int64)
+
+
+def _select_classes(
+    x: np.ndarray, y: np.ndarray, config: DataConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, ...]]:
+    """Keep ``config.classes`` (or all labels), relabel them ``0..k-1``; also return the kept positions."""
+    present = np.unique(y)
+    if config.classes is None:
+        wanted = tuple(int(label) for label in present)
+    else:
+        wanted = tuple(int(label) for label in config.classes)
+        missing = [label for label in wanted if label not in present]
+        if missing:
+            raise ConfigError(
+                f"data.classes: label(s) {missing} not in dataset {config.dataset!r}; "
+                f"labels present: {[int(label) for label in present]}"
+            )
+    if len(wanted) < 2:
+        raise ConfigError(f"dataset {config.dataset!r} has fewer than two classes: {list(wanted)}")
+    wanted_array = np.asarray(wanted, dtype=np.int64)
+    mask = np.isin(y, wanted_array)
+    by_value = np.argsort(wanted_array)
+    relabelled = by_value[np.searchsorted(wanted_array[by_value], y[mask])].astype(np.int64)
+    return x[mask], relabelled, np.flatnonzero(mask).astype(np.int64), wanted
+
+
+def _stratified_order(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices grouped by class (classes in random order), in random order within each class."""
+    classes = rng.permutation(np.unique(y))
+    return np.concatenate([rng.permutation(np.flatnonzero(y == c)) for c in classes])
+
+
+def _systematic_take(order: np.ndarray, m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``order`` into ``m`` systematically sampled entries and the rest (both keep their order).
+
+    Taken from a class-grouped order, each class contributes ``floor`` or ``ceil`` of its proportional share,
+    so the split is stratified, exact in total size and disjoint by construction.
+    """
+    n = len(order)
+    if m >= n:
+        return order, order[:0]
+    offset = int(rng.integers(0, n))
+    positions = (np.arange(m, dtype=np.int64) * n + offset) // m  # exact integer systematic sampling
+    mask = np.zeros(n, dtype=bool)
+    mask[positions] = True
+    return order[mask], order[~mask]

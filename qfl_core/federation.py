@@ -1,0 +1,323 @@
+"""The federation: a server, its clients and one method per round.
+
+``Federation(config, seed).run_round(selected, lr, local_steps)`` runs one round of federated training:
+selected clients that are available receive the global model, train locally on their quantum devices, and
+upload their models; the server aggregates them with its strategy and evaluates the new global model on the
+validation (and test) split. Everything the round cost is in the returned :class:`RoundReport`.
+
+Randomness: structure (data split, partition, device profiles, initial model) is drawn once from
+``numpy.random.default_rng(seed)``; everything at run time (dropouts, minibatches, shots) from one
+``torch.Generator`` seeded from it. :meth:`Federation.state_dict` captures all mutable state, so a restored
+federation runs the same next round bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .backends import make_backend
+from .backends.base import ClientNoise
+from .circuits import CircuitSpec
+from .clients import ClientPool, DeviceProfile, FitResult, draw_profiles
+from .config import ConfigError, FederationConfig
+from .data import DataSplits, load_splits
+from .partition import ClientDataStats, client_statistics, partition
+from .strategies import STRATEGIES
+
+
+@dataclass(frozen=True)
+class ClientReport:
+    """What one participating client did in a round."""
+
+    client_id: int
+    loss_before: float
+    loss_after: float
+    update_norm: float
+    update_cosine: float
+    """Cosine between this client's update and the aggregated update of the round (0 if either is zero)."""
+    samples_used: int
+    circuit_executions: int
+    shots_used: int
+    wall_time_s: float
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """Everything one federated round did and cost.
+
+    ``selected`` is what the controller asked for, ``dropped`` the selected clients that were unavailable and
+    ``participants`` those that trained. ``test_*`` are NaN when test evaluation is switched off.
+    """
+
+    round: int
+    selected: tuple[int, ...]
+    participants: tuple[int, ...]
+    dropped: tuple[int, ...]
+    lr: float
+    local_steps: int
+    val_accuracy: float
+    val_loss: float
+    test_accuracy: float
+    test_loss: float
+    bytes_uploaded: int
+    bytes_downloaded: int
+    shots_used: int
+    circuit_executions: int
+    wall_time_s: float
+    global_update_norm: float
+    clients: tuple[ClientReport, ...]
+
+
+FederationLike = FederationConfig | Mapping[str, Any] | str
+
+
+def resolve_config(config: FederationLike) -> FederationConfig:
+    """Accept a config object, a plain dict, or the name of a preset in ``configs/federations/``."""
+    if isinstance(config, FederationConfig):
+        return config
+    if isinstance(config, str):
+        return FederationConfig.from_preset(config)
+    return FederationConfig.from_dict(config)
+
+
+class Federation:
+    """A simulated quantum federation.
+
+    Args:
+        config: A :class:`FederationConfig`, a dict of one, or a preset name (e.g. ``"default"``).
+        seed: The one seed all randomness derives from.
+    """
+
+    def __init__(self, config: FederationLike = "default", seed: int = 0) -> None:
+        self.config = resolve_config(config)
+        self.seed = int(seed)
+        cfg = self.config
+        rng = np.random.default_rng(self.seed)
+        self.dtype = torch.float64 if cfg.backend.dtype == "float64" else torch.float32
+        self.data: DataSplits = load_splits(cfg.data, cfg.circuit.n_qubits, rng)
+        parts = partition(self.data.y_train, cfg.clients.n_clients, cfg.partition, rng)
+        self.client_stats: list[ClientDataStats] = client_statistics(self.data.y_train, parts, self.data.n_classes)
+        self.profiles: list[DeviceProfile] = draw_profiles(cfg.clients, rng)
+        self.spec = CircuitSpec.from_config(cfg.circuit, self.data.n_classes)
+        self.backend = make_backend(self.spec, cfg.backend)
+        self.strategy = STRATEGIES.get(cfg.strategy.name)(cfg.strategy)
+        self.pool = ClientPool(
+            self.spec,
+            self.backend,
+            [(self.data.x_train[idx], self.data.y_train[idx]) for idx in parts],
+            self.profiles,
+            cfg.training,
+            self.dtype,
+        )
+        self.params = self.spec.init_params(rng, self.dtype)
+        self.generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        self.round = 0
+        eval_parts = [(self.data.x_val, self.data.y_val)]
+        if cfg.evaluate_test:
+            eval_parts.append((self.data.x_test, self.data.y_test))
+        self._eval_x = torch.as_tensor(np.concatenate([x for x, _ in eval_parts]), dtype=self.dtype)[None]
+        self._eval_y = torch.as_tensor(np.concatenate([y for _, y in eval_parts]))
+        self._n_val = len(self.data.y_val)
+        self._server_noise = ClientNoise.exact(1)
+        self._all_ids = np.arange(self.n_clients)
+
+    @property
+    def n_clients(self) -> int:
+        """Number of clients."""
+        return len(self.profiles)
+
+    @property
+    def n_params(self) -> int:
+        """Trainable parameters of the global model."""
+        return self.spec.n_params
+
+    @property
+    def n_classes(self) -> int:
+        """Classes of the learning task."""
+        return self.data.n_classes
+
+    @property
+    def param_bytes(self) -> int:
+        """Bytes of one model transfer (parameters x dtype size)."""
+        return self.n_params * self.params.element_size()
+
+    @property
+    def default_lr(self) -> float:
+        """The configured local learning rate."""
+        return self.config.training.lr
+
+    @property
+    def default_local_steps(self) -> int:
+        """The configured number of local steps."""
+        return self.config.training.local_steps
+
+    def _selection(self, selected: Sequence[int] | np.ndarray) -> np.ndarray:
+        ids = np.asarray(selected)
+        if ids.dtype == bool:
+            if ids.shape != (self.n_clients,):
+                raise ValueError(
+                    f"selected: a boolean mask must have shape ({self.n_clients},), got {ids.shape}"
+                )
+            return self._all_ids[ids]
+        if ids.size == 0:
+            return ids.astype(np.int64).reshape(0)
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"selected: expected client ids (1-D integers) or a boolean mask, got {selected!r}")
+        if ids.min() < 0 or ids.max() >= self.n_clients or len(np.unique(ids)) != len(ids):
+            raise ValueError(
+                f"selected: client ids must be distinct and in [0, {self.n_clients - 1}], got {ids.tolist()}"
+            )
+        return np.sort(ids).astype(np.int64)
+
+    def run_round(
+        self, selected: Sequence[int] | np.ndarray, lr: float | None = None, local_steps: int | None = None
+    ) -> RoundReport:
+        """Run one federated round.
+
+        Args:
+            selected: Client ids, or a boolean mask over clients. Empty is valid: nothing trains.
+            lr: Local learning rate (default: ``config.training.lr``).
+            local_steps: Local minibatch steps (default: ``config.training.local_steps``).
+
+        Raises:
+            ValueError: Naming the argument and the allowed values when one is out of range.
+        """
+        ids = self._selection(selected)
+        lr = self.default_lr if lr is None else float(lr)
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr: must be a finite positive number, got {lr!r}")
+        local_steps = self.default_local_steps if local_steps is None else local_steps
+        if isinstance(local_steps, bool) or int(local_steps) != local_steps or local_steps < 1:
+            raise ValueError(f"local_steps: must be an integer >= 1, got {local_steps!r}")
+        local_steps = int(local_steps)
+
+        available = np.ones(len(ids), dtype=bool)
+        if len(ids):
+            draws = torch.rand(len(ids), generator=self.generator, dtype=torch.float64).numpy()
+            available = draws < np.array([self.profiles[i].availability for i in ids])
+        participants, dropped = ids[available], ids[~available]
+
+        client_reports: tuple[ClientReport, ...] = ()
+        update_norm = 0.0
+        executions = shots = 0
+        client_time = 0.0
+        if len(participants):
+            fit = self.pool.fit(
+                self.params, participants, self.strategy.configure_fit(lr, local_steps), self.generator
+            )
+            new_params = self.strategy.aggregate_fit(self.params, fit.params, fit.num_examples)
+            client_reports, update_norm = self._client_reports(fit, new_params - self.params)
+            self.params = new_params.detach()
+            executions = int(fit.circuit_executions.sum())
+            shots = int(fit.shots_used.sum())
+            client_time = float(fit.wall_time_s.max())
+
+        val_acc, val_loss, test_acc, test_loss = self._evaluate()
+        self.round += 1
+        return RoundReport(
+            round=self.round,
+            selected=tuple(ids.tolist()),
+            participants=tuple(participants.tolist()),
+            dropped=tuple(dropped.tolist()),
+            lr=lr,
+            local_steps=local_steps,
+            val_accuracy=val_acc,
+            val_loss=val_loss,
+            test_accuracy=test_acc,
+            test_loss=test_loss,
+            bytes_uploaded=self.param_bytes * len(participants),
+            bytes_downloaded=self.param_bytes * len(participants),
+            shots_used=shots,
+            circuit_executions=executions,
+            wall_time_s=client_time + self.config.server_time_s,
+            global_update_norm=update_norm,
+            clients=client_reports,
+        )
+
+    def _client_reports(
+        self, fit: FitResult, global_update: torch.Tensor
+    ) -> tuple[tuple[ClientReport, ...], float]:
+        with torch.no_grad():
+            updates = fit.params - self.params
+            norms = updates.norm(dim=1)
+            global_norm = global_update.norm()
+            denom = norms * global_norm
+            cosine = torch.where(denom > 0, (updates @ global_update) / denom.clamp_min(1e-300), 0.0)
+            rows = torch.stack([fit.loss_before, fit.loss_after, norms, cosine], dim=1).tolist()
+        reports = tuple(
+            ClientReport(
+                client_id=int(cid),
+                loss_before=row[0],
+                loss_after=row[1],
+                update_norm=row[2],
+                update_cosine=row[3],
+                samples_used=int(samples),
+                circuit_executions=int(execs),
+                shots_used=int(shots),
+                wall_time_s=float(seconds),
+            )
+            for cid, row, samples, execs, shots, seconds in zip(
+                fit.client_ids,
+                rows,
+                fit.samples_used,
+                fit.circuit_executions,
+                fit.shots_used,
+                fit.wall_time_s,
+                strict=True,
+            )
+        )
+        return reports, float(global_norm)
+
+    def _evaluate(self) -> tuple[float, float, float, float]:
+        """Accuracy and loss of the global model on validation and (if enabled) test."""
+        with torch.no_grad():
+            weights, readout = self.spec.split(self.params[None])
+            z = self.backend.expvals(weights, self._eval_x, self._server_noise, self.generator)
+            logits = self.spec.logits(z, readout)[0]
+            ce = F.cross_entropy(logits, self._eval_y, reduction="none")
+            correct = (logits.argmax(1) == self._eval_y).to(ce.dtype)
+            n = self._n_val
+            stats = torch.stack([correct[:n].mean(), ce[:n].mean(), correct[n:].mean(), ce[n:].mean()])
+        val_acc, val_loss, test_acc, test_loss = stats.tolist()
+        if not self.config.evaluate_test:
+            test_acc = test_loss = math.nan
+        return val_acc, val_loss, test_acc, test_loss
+
+    def evaluate(self) -> dict[str, float]:
+        """Evaluate the current global model without running a round."""
+        val_acc, val_loss, test_acc, test_loss = self._evaluate()
+        return {"val_accuracy": val_acc, "val_loss": val_loss, "test_accuracy": test_acc, "test_loss": test_loss}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that changes as rounds run: restoring it replays the next round bit for bit."""
+        return {
+            "config": self.config.model_dump(mode="json"),
+            "seed": self.seed,
+            "round": self.round,
+            "params": self.params.clone(),
+            "generator": self.generator.get_state(),
+            "strategy": self.strategy.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output of a federation with the same config and seed.
+
+        Raises:
+            ConfigError: If the snapshot was taken from a federation with another config or seed.
+        """
+        if state["seed"] != self.seed or state["config"] != self.config.model_dump(mode="json"):
+            raise ConfigError(
+                "state_dict: snapshot comes from a federation with another config or seed "
+                f"(snapshot seed {state['seed']}, this federation's seed {self.seed})"
+            )
+        self.round = int(state["round"])
+        self.params = state["params"].clone()
+        self.generator.set_state(state["generator"])
+        self.strategy.load_state_dict(state["strategy"])

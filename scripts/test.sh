@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: bootstrap .venv if needed, lint, then run the test suite (extra args go to pytest).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+ruff check .
+python -m pytest -n 2 "$@"
