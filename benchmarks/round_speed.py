@@ -66,12 +66,16 @@ def main() -> int:
             "speedup_vs_loop": speeds["torch"] / speeds["loop"],
         }
     print(f"\nround speed ({platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()})\n")
-    print("| preset | torch rounds/s | PennyLane broadcast rounds/s | per-sample loop rounds/s "
-          "| speedup vs PennyLane | speedup vs loop |")
+    print(
+        "| preset | torch rounds/s | PennyLane broadcast rounds/s | per-sample loop rounds/s "
+        "| speedup vs PennyLane | speedup vs loop |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for preset, r in results.items():
-        print(f"| {preset} | {r['torch_rounds_per_s']:.1f} | {r['pennylane_rounds_per_s']:.2f} "
-              f"| {r['loop_rounds_per_s']:.4f} | {r['speedup_vs_pennylane']:.1f}x | {r['speedup_vs_loop']:.0f}x |")
+        print(
+            f"| {preset} | {r['torch_rounds_per_s']:.1f} | {r['pennylane_rounds_per_s']:.2f} "
+            f"| {r['loop_rounds_per_s']:.4f} | {r['speedup_vs_pennylane']:.1f}x | {r['speedup_vs_loop']:.0f}x |"
+        )
     if args.json:
         args.json.write_text(json.dumps({"presets": results}, indent=2))
     return 0

@@ -147,7 +147,7 @@ class ClientsConfig(StrictModel):
 
     n_clients: int = Field(10, ge=1, le=1000)
     """Number of clients."""
-    shots: int | None | tuple[int | None, ...] = None
+    shots: int | tuple[int | None, ...] | None = None
     """Shots per circuit execution (None = exact expectations), or a tuple of choices drawn per client."""
     depolarizing: PerClient = 0.0
     """Depolarizing probability applied to every qubit after every layer, in [0, 0.75]."""
@@ -160,7 +160,7 @@ class ClientsConfig(StrictModel):
 
     @field_validator("shots")
     @classmethod
-    def _shots(cls, value: int | None | tuple[int | None, ...]) -> int | None | tuple[int | None, ...]:
+    def _shots(cls, value: int | tuple[int | None, ...] | None) -> int | tuple[int | None, ...] | None:
         values = value if isinstance(value, tuple) else (value,)
         if not values or any(v is not None and v < 1 for v in values):
             raise ValueError(f"shots must be None or a positive integer (or a non-empty tuple of them), got {value!r}")
@@ -238,12 +238,12 @@ class FederationConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> FederationConfig:
-        if self.circuit.readout == "grouping" and self.data.classes is not None:
-            if len(self.data.classes) > self.circuit.n_qubits:
-                raise ValueError(
-                    f"circuit.readout='grouping' needs n_qubits >= number of classes; "
-                    f"got {self.circuit.n_qubits} qubits for {len(self.data.classes)} classes"
-                )
+        n_classes = len(self.data.classes or ())
+        if self.circuit.readout == "grouping" and n_classes > self.circuit.n_qubits:
+            raise ValueError(
+                f"circuit.readout='grouping' needs n_qubits >= number of classes; "
+                f"got {self.circuit.n_qubits} qubits for {n_classes} classes"
+            )
         return self
 
     @classmethod

@@ -162,9 +162,7 @@ class Federation:
         ids = np.asarray(selected)
         if ids.dtype == bool:
             if ids.shape != (self.n_clients,):
-                raise ValueError(
-                    f"selected: a boolean mask must have shape ({self.n_clients},), got {ids.shape}"
-                )
+                raise ValueError(f"selected: a boolean mask must have shape ({self.n_clients},), got {ids.shape}")
             return self._all_ids[ids]
         if ids.size == 0:
             return ids.astype(np.int64).reshape(0)
@@ -209,9 +207,7 @@ class Federation:
         executions = shots = 0
         client_time = 0.0
         if len(participants):
-            fit = self.pool.fit(
-                self.params, participants, self.strategy.configure_fit(lr, local_steps), self.generator
-            )
+            fit = self.pool.fit(self.params, participants, self.strategy.configure_fit(lr, local_steps), self.generator)
             new_params = self.strategy.aggregate_fit(self.params, fit.params, fit.num_examples)
             client_reports, update_norm = self._client_reports(fit, new_params - self.params)
             self.params = new_params.detach()
@@ -241,9 +237,7 @@ class Federation:
             clients=client_reports,
         )
 
-    def _client_reports(
-        self, fit: FitResult, global_update: torch.Tensor
-    ) -> tuple[tuple[ClientReport, ...], float]:
+    def _client_reports(self, fit: FitResult, global_update: torch.Tensor) -> tuple[tuple[ClientReport, ...], float]:
         with torch.no_grad():
             updates = fit.params - self.params
             norms = updates.norm(dim=1)
@@ -293,7 +287,12 @@ class Federation:
     def evaluate(self) -> dict[str, float]:
         """Evaluate the current global model without running a round."""
         val_acc, val_loss, test_acc, test_loss = self._evaluate()
-        return {"val_accuracy": val_acc, "val_loss": val_loss, "test_accuracy": test_acc, "test_loss": test_loss}
+        return {
+            "val_accuracy": val_acc,
+            "val_loss": val_loss,
+            "test_accuracy": test_acc,
+            "test_loss": test_loss,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """Everything that changes as rounds run: restoring it replays the next round bit for bit."""

@@ -75,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the federation seed (default: 0)")
     parser.add_argument("--every", type=int, default=1, help="print every n-th round in the table")
     parser.add_argument("--out", type=Path, help="directory for reports.jsonl, config.yaml and command.txt")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
@@ -86,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        (args.out / "command.txt").write_text(" ".join([sys.executable, "-m", "qflgym.qfl_core.run", *sys.argv[1:]]))
+        (args.out / "command.txt").write_text(" ".join([sys.executable, "-m", "qflgym.qfl_core.run", *argv]))
         with (args.out / "reports.jsonl").open("w") as fh:
             for report in reports:
                 fh.write(json.dumps(dataclasses.asdict(report)) + "\n")

@@ -93,7 +93,7 @@ class Strategy(ABC):
         """Server-side optimizer state (empty for stateless strategies)."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - stateless by default
         """Restore :meth:`state_dict`."""
 
 

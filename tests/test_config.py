@@ -11,7 +11,12 @@ def _error(overrides: dict) -> str:
 
 def test_default_preset_loads_with_its_values():
     cfg = FederationConfig.from_preset("default")
-    assert (cfg.clients.n_clients, cfg.circuit.n_qubits, cfg.circuit.n_layers, cfg.training.batch_size) == (10, 4, 2, 32)
+    assert (cfg.clients.n_clients, cfg.circuit.n_qubits, cfg.circuit.n_layers, cfg.training.batch_size) == (
+        10,
+        4,
+        2,
+        32,
+    )
 
 
 def test_unknown_field_names_field_and_allowed_keys():
@@ -62,7 +67,7 @@ def test_grouping_readout_needs_enough_qubits():
 
 
 def test_unknown_preset_lists_presets():
-    with pytest.raises(ConfigError, match="allowed: .*default"):
+    with pytest.raises(ConfigError, match=r"allowed: .*default"):
         FederationConfig.from_preset("nope")
 
 
