@@ -1,0 +1,1 @@
+"""YAML presets shipped with qflgym: federations/, envs/, agents/ (rl-zoo format), bench/ suites."""

@@ -24,21 +24,32 @@ honest.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from qflgym.qfl_core.config import ConfigError, DataConfig
-from qflgym.qfl_core.registry import Registry
 from sklearn import datasets as skdatasets
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
+
+from qflgym.qfl_core.config import ConfigError, DataConfig
+from qflgym.qfl_core.registry import Registry
 
 #: ``loader(config, rng) -> (X [n, d] float, y [n] int)``.
 DatasetLoader = Callable[[DataConfig, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
 #: Registered datasets; third-party packages may add entries through the ``qflgym.datasets`` entry points.
 DATASETS: Registry[DatasetLoader] = Registry("dataset", entry_point_group="qflgym.datasets")
+
+
+@functools.cache
+def _bundled(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read a scikit-learn bundled dataset once per process (read-only arrays, shared by every federation)."""
+    x, y = getattr(skdatasets, f"load_{name}")(return_X_y=True)
+    x.flags.writeable = False
+    y.flags.writeable = False
+    return x, y
 
 
 def _seed(rng: np.random.Generator) -> int:
@@ -50,28 +61,28 @@ def _seed(rng: np.random.Generator) -> int:
 def load_digits(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Handwritten digits: 1797 images of 8x8 pixels (64 features), 10 classes (bundled with scikit-learn)."""
     del config, rng
-    return skdatasets.load_digits(return_X_y=True)
+    return _bundled("digits")
 
 
 @DATASETS.register("iris")
 def load_iris(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Iris flowers: 150 samples, 4 features, 3 classes (bundled with scikit-learn)."""
     del config, rng
-    return skdatasets.load_iris(return_X_y=True)
+    return _bundled("iris")
 
 
 @DATASETS.register("wine")
 def load_wine(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Wine cultivars: 178 samples, 13 features, 3 classes (bundled with scikit-learn)."""
     del config, rng
-    return skdatasets.load_wine(return_X_y=True)
+    return _bundled("wine")
 
 
 @DATASETS.register("breast_cancer")
 def load_breast_cancer(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Wisconsin breast cancer: 569 samples, 30 features, 2 classes (bundled with scikit-learn)."""
     del config, rng
-    return skdatasets.load_breast_cancer(return_X_y=True)
+    return _bundled("breast_cancer")
 
 
 @DATASETS.register("classification")
@@ -235,9 +246,7 @@ def _checked(name: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nd
     """Validate a loader's output and convert it to ``(float64 [n, d], int64 [n])``."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y)
     if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
-        raise ValueError(
-            f"dataset {name!r} loader must return X [n, d] and y [n]; got shapes {x.shape} and {y.shape}"
-        )
+        raise ValueError(f"dataset {name!r} loader must return X [n, d] and y [n]; got shapes {x.shape} and {y.shape}")
     if not np.issubdtype(y.dtype, np.integer) and not np.all(np.equal(np.mod(y, 1), 0)):
         raise ValueError(f"dataset {name!r} loader must return integer labels, got dtype {y.dtype}")
     if not np.all(np.isfinite(x)):

@@ -5,8 +5,12 @@ selected clients that are available receive the global model, train locally on t
 upload their models; the server aggregates them with its strategy and evaluates the new global model on the
 validation (and test) split. Everything the round cost is in the returned :class:`RoundReport`.
 
+Availability: before every round each client is online with its profile's probability; the draw is public as
+:attr:`Federation.available`, so a controller can avoid offline clients. A selected offline client drops out of
+the round at no cost.
+
 Randomness: structure (data split, partition, device profiles, initial model) is drawn once from
-``numpy.random.default_rng(seed)``; everything at run time (dropouts, minibatches, shots) from one
+``numpy.random.default_rng(seed)``; everything at run time (availability, minibatches, shots) from one
 ``torch.Generator`` seeded from it. :meth:`Federation.state_dict` captures all mutable state, so a restored
 federation runs the same next round bit for bit.
 """
@@ -52,8 +56,9 @@ class ClientReport:
 class RoundReport:
     """Everything one federated round did and cost.
 
-    ``selected`` is what the controller asked for, ``dropped`` the selected clients that were unavailable and
-    ``participants`` those that trained. ``test_*`` are NaN when test evaluation is switched off.
+    ``selected`` is what the controller asked for, ``dropped`` the selected clients that were offline this round
+    (see :attr:`Federation.available`) and ``participants`` those that trained. ``test_*`` are NaN when test
+    evaluation is switched off.
     """
 
     round: int
@@ -127,6 +132,13 @@ class Federation:
         self._n_val = len(self.data.y_val)
         self._server_noise = ClientNoise.exact(1)
         self._all_ids = np.arange(self.n_clients)
+        self._availability = torch.tensor([p.availability for p in self.profiles], dtype=torch.float64)
+        self.available: np.ndarray = self._draw_availability()
+        """Which clients are online for the coming round (drawn before it, so a controller can see it)."""
+
+    def _draw_availability(self) -> np.ndarray:
+        draws = torch.rand(self.n_clients, generator=self.generator, dtype=torch.float64)
+        return (draws < self._availability).numpy()
 
     @property
     def n_clients(self) -> int:
@@ -196,11 +208,8 @@ class Federation:
             raise ValueError(f"local_steps: must be an integer >= 1, got {local_steps!r}")
         local_steps = int(local_steps)
 
-        available = np.ones(len(ids), dtype=bool)
-        if len(ids):
-            draws = torch.rand(len(ids), generator=self.generator, dtype=torch.float64).numpy()
-            available = draws < np.array([self.profiles[i].availability for i in ids])
-        participants, dropped = ids[available], ids[~available]
+        online = self.available[ids]
+        participants, dropped = ids[online], ids[~online]
 
         client_reports: tuple[ClientReport, ...] = ()
         update_norm = 0.0
@@ -217,6 +226,7 @@ class Federation:
 
         val_acc, val_loss, test_acc, test_loss = self._evaluate()
         self.round += 1
+        self.available = self._draw_availability()
         return RoundReport(
             round=self.round,
             selected=tuple(ids.tolist()),
@@ -303,6 +313,7 @@ class Federation:
             "params": self.params.clone(),
             "generator": self.generator.get_state(),
             "strategy": self.strategy.state_dict(),
+            "available": self.available.copy(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -320,3 +331,4 @@ class Federation:
         self.params = state["params"].clone()
         self.generator.set_state(state["generator"])
         self.strategy.load_state_dict(state["strategy"])
+        self.available = state["available"].copy()

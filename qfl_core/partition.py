@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from qflgym.qfl_core.config import ConfigError, PartitionConfig
 from qflgym.qfl_core.registry import Registry
 

@@ -79,6 +79,11 @@ class Registry(Generic[T]):
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
+    def reload_entry_points(self) -> None:
+        """Look for entries in the entry-point group again (after installing a plug-in package at run time)."""
+        self._entry_points_loaded = False
+        self._load_entry_points()
+
     def _load_entry_points(self) -> None:
         if self._entry_points_loaded or self.entry_point_group is None:
             return

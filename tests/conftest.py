@@ -1,9 +1,11 @@
-"""Shared test setup: one torch thread per test worker (pytest-xdist runs one worker per core)."""
+"""Shared test setup: one torch/BLAS thread per test worker (pytest-xdist runs one worker per core)."""
 
 import os
 
 import torch
+from threadpoolctl import threadpool_limits
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(1)
+threadpool_limits(1)

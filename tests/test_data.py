@@ -7,10 +7,11 @@ import socket
 import numpy as np
 import pydantic
 import pytest
-from qflgym.qfl_core.config import ConfigError, DataConfig, build_config
-from qflgym.qfl_core.data import DATASETS, DataSplits, load_splits
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
+
+from qflgym.qfl_core.config import ConfigError, DataConfig, build_config
+from qflgym.qfl_core.data import DATASETS, DataSplits, load_splits
 
 #: name -> (raw dimension, number of classes)
 EXPECTED = {

@@ -98,9 +98,15 @@ def test_costs_follow_the_cost_model():
         assert report.shots_used == sum(c.shots_used for c in report.clients)
 
 
-def test_unavailable_clients_drop_out():
+def test_offline_clients_are_announced_and_drop_out():
     fed = _fed({**SMALL, "clients": {"n_clients": 6, "availability": 0.5}}, seed=0)
-    dropped = sum(len(fed.run_round(range(6)).dropped) for _ in range(10))
+    dropped = 0
+    for _ in range(10):
+        offline = set(np.flatnonzero(~fed.available).tolist())
+        report = fed.run_round(range(6))
+        assert set(report.dropped) == offline
+        assert set(report.participants) == set(range(6)) - offline
+        dropped += len(report.dropped)
     assert 10 <= dropped <= 50  # 60 draws at p = 0.5
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pydantic
 import pytest
+
 from qflgym.qfl_core.config import ConfigError, PartitionConfig, build_config
 from qflgym.qfl_core.partition import (
     PARTITIONS,
