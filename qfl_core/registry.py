@@ -54,6 +54,12 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {name!r} is already registered; pass overwrite=True to replace it")
         self._entries[name] = obj
 
+    def remove(self, name: str) -> T:
+        """Unregister and return the entry called ``name`` (raises like :meth:`get` when unknown)."""
+        entry = self.get(name)
+        del self._entries[name]
+        return entry
+
     def get(self, name: str) -> T:
         """Return the entry called ``name``.
 

@@ -1,0 +1,196 @@
+"""Observation layout of the QFL suite: per-client features followed by global features.
+
+The flat observation (the default, so SB3's ``MlpPolicy`` works as is) is a ``float32`` vector:
+the client block ``[N, len(CLIENT_FEATURES)]`` flattened row-major (client 0's features first), then the
+``len(GLOBAL_FEATURES)`` global features. The ``Dict`` observation (``observation: dict`` in the env config)
+holds the same numbers as ``{"clients": [N, F], "global": [G]}``.
+
+Controllers read observations by name through :class:`ObservationLayout` (``env.unwrapped.layout``), so
+adding a feature at the end of a tuple never breaks them. All features are scaled to comparable ranges and
+clipped to the bounds in :data:`CLIENT_FEATURE_BOUNDS` / :data:`GLOBAL_FEATURE_BOUNDS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+__all__ = [
+    "CLIENT_FEATURES",
+    "CLIENT_FEATURE_BOUNDS",
+    "GLOBAL_FEATURES",
+    "GLOBAL_FEATURE_BOUNDS",
+    "ObservationLayout",
+]
+
+#: Per-client features, in column order (see ``docs/envs/observation.md`` for the scaling of each).
+CLIENT_FEATURES: tuple[str, ...] = (
+    "data_size",  # training samples / the largest client's samples, in (0, 1]
+    "label_skew",  # total-variation distance between the client's and the global label distribution, [0, 1]
+    "last_loss",  # training loss of the global model on the client when it last trained / ln(K); 1 = unseen
+    "rounds_since_selected",  # (rounds since the client was last selected) / round budget, [0, 1]
+    "times_selected",  # times selected / round budget, [0, 1]
+    "noise_level",  # 1 - (1 - 4p/3)^L (1 - 2r): attenuation of <Z> by depolarizing p and readout error r
+    "shot_noise",  # 1 / sqrt(shots) (0 for exact expectations)
+    "latency",  # seconds per circuit execution / the slowest client's, (0, 1]
+    "available",  # 1 if the client can take part this round
+    "last_update_norm",  # tanh(norm of its last update / (base lr x base local steps))
+    "update_cosine",  # cosine between its last update and that round's aggregated update, [-1, 1]
+)
+
+#: Global features, in order.
+GLOBAL_FEATURES: tuple[str, ...] = (
+    "round_fraction",  # rounds run / round budget
+    "val_accuracy",  # validation accuracy of the global model (1/K before the first round)
+    "val_loss",  # validation loss / ln(K) (1 before the first round)
+    "val_accuracy_change",  # change of val_accuracy in the last round
+    "val_loss_change",  # change of val_loss (scaled) in the last round
+    "cumulative_bytes",  # bytes moved / (round budget x bytes of a round with every client)
+    "cumulative_wall_time",  # simulated seconds / (round budget x reference round time)
+    "cumulative_shots",  # shots / (round budget x reference shots of a round with every client)
+    "learning_rate",  # log10(lr of the last round / base lr)
+    "local_steps",  # local steps of the last round / the largest allowed
+    "available_fraction",  # fraction of clients available this round
+    "target_gap",  # target accuracy - val_accuracy (0 without a target)
+)
+
+#: ``(low, high)`` of each client feature.
+CLIENT_FEATURE_BOUNDS: dict[str, tuple[float, float]] = {
+    "data_size": (0.0, 1.0),
+    "label_skew": (0.0, 1.0),
+    "last_loss": (0.0, 10.0),
+    "rounds_since_selected": (0.0, 1.0),
+    "times_selected": (0.0, 1.0),
+    "noise_level": (0.0, 1.0),
+    "shot_noise": (0.0, 1.0),
+    "latency": (0.0, 1.0),
+    "available": (0.0, 1.0),
+    "last_update_norm": (0.0, 1.0),
+    "update_cosine": (-1.0, 1.0),
+}
+
+#: ``(low, high)`` of each global feature.
+GLOBAL_FEATURE_BOUNDS: dict[str, tuple[float, float]] = {
+    "round_fraction": (0.0, 1.0),
+    "val_accuracy": (0.0, 1.0),
+    "val_loss": (0.0, 10.0),
+    "val_accuracy_change": (-1.0, 1.0),
+    "val_loss_change": (-10.0, 10.0),
+    "cumulative_bytes": (0.0, 10.0),
+    "cumulative_wall_time": (0.0, 10.0),
+    "cumulative_shots": (0.0, 10.0),
+    "learning_rate": (-3.0, 3.0),
+    "local_steps": (0.0, 10.0),
+    "available_fraction": (0.0, 1.0),
+    "target_gap": (-1.0, 1.0),
+}
+
+_CLIENT_INDEX = {name: i for i, name in enumerate(CLIENT_FEATURES)}
+_GLOBAL_INDEX = {name: i for i, name in enumerate(GLOBAL_FEATURES)}
+
+
+class ObservationLayout:
+    """Where each feature lives in an observation of an env with ``n_clients`` clients.
+
+    Works on single observations and on batches (any leading dimensions, e.g. from a ``VecEnv``), flat or
+    ``Dict``.
+
+    Args:
+        n_clients: N.
+
+    Example:
+        >>> layout = env.unwrapped.layout
+        >>> losses = layout.client(obs, "last_loss")      # [N]
+        >>> acc = layout.global_(obs, "val_accuracy")     # float
+    """
+
+    client_features: tuple[str, ...] = CLIENT_FEATURES
+    global_features: tuple[str, ...] = GLOBAL_FEATURES
+
+    def __init__(self, n_clients: int) -> None:
+        self.n_clients = int(n_clients)
+        self.n_client_features = len(CLIENT_FEATURES)
+        self.n_global_features = len(GLOBAL_FEATURES)
+        self.client_size = self.n_clients * self.n_client_features
+        self.size = self.client_size + self.n_global_features
+        self.client_low = np.array([CLIENT_FEATURE_BOUNDS[f][0] for f in CLIENT_FEATURES], dtype=np.float32)
+        self.client_high = np.array([CLIENT_FEATURE_BOUNDS[f][1] for f in CLIENT_FEATURES], dtype=np.float32)
+        self.global_low = np.array([GLOBAL_FEATURE_BOUNDS[f][0] for f in GLOBAL_FEATURES], dtype=np.float32)
+        self.global_high = np.array([GLOBAL_FEATURE_BOUNDS[f][1] for f in GLOBAL_FEATURES], dtype=np.float32)
+
+    def flat_space(self) -> spaces.Box:
+        """The flat ``Box`` observation space."""
+        low = np.concatenate([np.tile(self.client_low, self.n_clients), self.global_low])
+        high = np.concatenate([np.tile(self.client_high, self.n_clients), self.global_high])
+        return spaces.Box(low, high, dtype=np.float32)
+
+    def dict_space(self) -> spaces.Dict:
+        """The ``Dict`` observation space ``{"clients": [N, F], "global": [G]}``."""
+        return spaces.Dict(
+            {
+                "clients": spaces.Box(
+                    np.tile(self.client_low, (self.n_clients, 1)),
+                    np.tile(self.client_high, (self.n_clients, 1)),
+                    dtype=np.float32,
+                ),
+                "global": spaces.Box(self.global_low, self.global_high, dtype=np.float32),
+            }
+        )
+
+    def clients(self, obs: Any) -> np.ndarray:
+        """The client block ``[..., N, F]`` (a view for flat observations)."""
+        if isinstance(obs, dict):
+            return np.asarray(obs["clients"])
+        obs = np.asarray(obs)
+        return obs[..., : self.client_size].reshape(*obs.shape[:-1], self.n_clients, self.n_client_features)
+
+    def globals_(self, obs: Any) -> np.ndarray:
+        """The global features ``[..., G]``."""
+        if isinstance(obs, dict):
+            return np.asarray(obs["global"])
+        return np.asarray(obs)[..., self.client_size :]
+
+    def client(self, obs: Any, name: str) -> np.ndarray:
+        """The client feature ``name`` of every client: ``[..., N]``."""
+        try:
+            j = _CLIENT_INDEX[name]
+        except KeyError:
+            raise KeyError(f"unknown client feature {name!r}; allowed: {', '.join(CLIENT_FEATURES)}") from None
+        return self.clients(obs)[..., j]
+
+    def global_(self, obs: Any, name: str) -> Any:
+        """The global feature ``name``: a float for one observation, ``[...]`` for a batch."""
+        try:
+            j = _GLOBAL_INDEX[name]
+        except KeyError:
+            raise KeyError(f"unknown global feature {name!r}; allowed: {', '.join(GLOBAL_FEATURES)}") from None
+        value = self.globals_(obs)[..., j]
+        return float(value) if np.ndim(value) == 0 else value
+
+    def to_dict(self, obs: Any) -> dict[str, np.ndarray]:
+        """The ``Dict``-space form of a flat observation (copies)."""
+        if isinstance(obs, dict):
+            return {"clients": np.array(obs["clients"]), "global": np.array(obs["global"])}
+        return {"clients": self.clients(obs).copy(), "global": self.globals_(obs).copy()}
+
+    def to_flat(self, obs: Any) -> np.ndarray:
+        """The flat form of a ``Dict`` observation (or a copy of a flat one)."""
+        if not isinstance(obs, dict):
+            return np.array(obs, dtype=np.float32)
+        c = np.asarray(obs["clients"], dtype=np.float32)
+        g = np.asarray(obs["global"], dtype=np.float32)
+        return np.concatenate([c.reshape(*c.shape[:-2], -1), g], axis=-1)
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """``(index range, name, bounds)`` rows documenting the flat layout."""
+        rows = []
+        f = self.n_client_features
+        for j, name in enumerate(CLIENT_FEATURES):
+            lo, hi = CLIENT_FEATURE_BOUNDS[name]
+            rows.append((f"{j} + {f}·i", f"client i: {name}", f"[{lo}, {hi}]"))
+        for j, name in enumerate(GLOBAL_FEATURES):
+            lo, hi = GLOBAL_FEATURE_BOUNDS[name]
+            rows.append((f"{f}·N + {j}", name, f"[{lo}, {hi}]"))
+        return rows

@@ -1,0 +1,81 @@
+"""``QFL/RoundTermination-v0``: decide after every round whether federated training should go on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .actions import ActionCodec, TerminationCodec
+from .base import QFLEnv, merge_presets
+
+__all__ = ["RoundTerminationEnv", "RoundTerminationHardEnv", "RoundTerminationTinyEnv"]
+
+
+class RoundTerminationEnv(QFLEnv):
+    """Decide before every round whether federated training goes on.
+
+    ## Description
+
+    The quantum federation of `QFL/ClientSelection-v0` with a fixed selection rule (`selection_rule`,
+    default `random_k`) and a fixed step size; the controller decides before each round whether to run it
+    or to stop training now. Every round costs bytes, device time and shots; stopping too early leaves
+    accuracy on the table. An optimal-stopping problem.
+
+    ## Action Space
+
+    `Discrete(2)`: `0` runs the round, `1` stops (no round is run; the episode terminates).
+
+    ## Observation Space
+
+    The same as `QFL/ClientSelection-v0` (`11 N + 12` features; see `docs/envs/observation.md`).
+
+    ## Rewards
+
+    Named terms weighted by `reward_weights`, all in `info["rewards"]`: by default `accuracy_gain` (1.0),
+    `communication_cost` (-0.01) and `wall_time_cost` (-0.005) on rounds, and
+    `stop_accuracy` / `early_stop_penalty` (weight 0, reported) on the stopping step. Without a
+    `target_accuracy` the episode only ends by stopping or truncation.
+
+    ## Starting State
+
+    As in `QFL/ClientSelection-v0`: a new federation per episode seed unless `federation_seed` is set.
+
+    ## Episode End
+
+    `terminated` when the controller stops or the validation accuracy reaches `target_accuracy`
+    (the default `null` here: no target); `truncated` after `round_budget` steps.
+
+    ## Arguments
+
+    `gym.make("QFL/RoundTermination-v0", config={...})`. Variants: `QFL/RoundTermination-Hard-v0`,
+    `QFL/RoundTermination-Tiny-v0`.
+
+    ## Version History
+
+    * v0: Initial version.
+    """
+
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        """Base defaults merged with ``configs/envs/round_termination.yaml``."""
+        return merge_presets(super().default_config(), "round_termination")
+
+    def _make_codec(self) -> ActionCodec:
+        return TerminationCodec(self.n_clients, self._fixed_lr, self._fixed_steps)
+
+
+class RoundTerminationHardEnv(RoundTerminationEnv):
+    """``QFL/RoundTermination-Hard-v0``: :class:`RoundTerminationEnv` with ``configs/envs/hard.yaml``."""
+
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        """:class:`RoundTerminationEnv` defaults merged with ``configs/envs/hard.yaml``."""
+        return merge_presets(super().default_config(), "hard")
+
+
+class RoundTerminationTinyEnv(RoundTerminationEnv):
+    """``QFL/RoundTermination-Tiny-v0``: :class:`RoundTerminationEnv` with ``configs/envs/tiny.yaml``."""
+
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        """:class:`RoundTerminationEnv` defaults merged with ``configs/envs/tiny.yaml``."""
+        return merge_presets(super().default_config(), "tiny")

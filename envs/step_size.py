@@ -1,0 +1,91 @@
+"""``QFL/StepSize-v0``: choose the local learning rate and local steps of each federated round."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .actions import ActionCodec, StepSizeCodec
+from .base import QFLEnv, merge_presets
+
+__all__ = ["StepSizeEnv", "StepSizeHardEnv", "StepSizeTinyEnv"]
+
+
+class StepSizeEnv(QFLEnv):
+    """Choose the local learning rate and local steps of each federated round.
+
+    ## Description
+
+    The quantum federation of `QFL/ClientSelection-v0`, but the controller sets the step size of local
+    training: the learning rate (a log-scale multiplier of the federation's `training.lr`) and the number of
+    local minibatch steps. Clients are selected by the configured `selection_rule` (default `random_k` with
+    `clients_per_round` clients, drawn from `np_random`). Larger steps make progress faster but cost device
+    time and drift apart on non-IID data; too large learning rates diverge.
+
+    ## Action Space
+
+    `Box(-1, 1, (2,), float32)`:
+
+    | index | meaning | decoding |
+    |---|---|---|
+    | 0 | learning rate | `lr = training.lr * low * (high / low) ** ((a + 1) / 2)` |
+    | 1 | local steps | `round(s_min + (a + 1) / 2 * (s_max - s_min))` |
+
+    with `[low, high] = lr_multiplier_range` and `[s_min, s_max] = local_steps_range`.
+
+    With the default range `[0.1, 10]`, `a[0] = 0` is the federation's learning rate.
+
+    ## Observation Space
+
+    The same as `QFL/ClientSelection-v0` (`11 N + 12` features; see `docs/envs/observation.md`).
+
+    ## Rewards
+
+    Named terms weighted by `reward_weights`, all in `info["rewards"]`: by default `accuracy_gain` (1.0),
+    `wall_time_cost` (-0.01, the round's simulated seconds / a full round's at the fixed steps),
+    `round_cost` (-0.01) and `target_bonus` (0.5); the other built-in terms are reported with weight 0.
+
+    ## Starting State
+
+    As in `QFL/ClientSelection-v0`: a new federation per episode seed unless `federation_seed` is set.
+
+    ## Episode End
+
+    `terminated` when the validation accuracy reaches `target_accuracy`; `truncated` after `round_budget`
+    rounds.
+
+    ## Arguments
+
+    `gym.make("QFL/StepSize-v0", config={...})`; relevant fields: `lr_multiplier_range`,
+    `local_steps_range`, `selection_rule`, `clients_per_round`. Variants: `QFL/StepSize-Hard-v0`,
+    `QFL/StepSize-Tiny-v0`.
+
+    ## Version History
+
+    * v0: Initial version.
+    """
+
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        """Base defaults merged with ``configs/envs/step_size.yaml``."""
+        return merge_presets(super().default_config(), "step_size")
+
+    def _make_codec(self) -> ActionCodec:
+        return StepSizeCodec(self.n_clients, self.lr_map, self.config.local_steps_range)
+
+
+class StepSizeHardEnv(StepSizeEnv):
+    """``QFL/StepSize-Hard-v0``: :class:`StepSizeEnv` with ``configs/envs/hard.yaml``."""
+
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        """:class:`StepSizeEnv` defaults merged with ``configs/envs/hard.yaml``."""
+        return merge_presets(super().default_config(), "hard")
+
+
+class StepSizeTinyEnv(StepSizeEnv):
+    """``QFL/StepSize-Tiny-v0``: :class:`StepSizeEnv` with ``configs/envs/tiny.yaml`` (for tests)."""
+
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        """:class:`StepSizeEnv` defaults merged with ``configs/envs/tiny.yaml``."""
+        return merge_presets(super().default_config(), "tiny")
