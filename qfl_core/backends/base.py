@@ -1,0 +1,149 @@
+"""The backend contract: per-client noise settings and the :class:`Backend` base class.
+
+A backend evaluates the ansatz of a :class:`~qflgym.qfl_core.circuits.CircuitSpec` for a batch of ``C`` clients,
+each with its own weights, samples and device noise, and returns Pauli-Z expectations that are differentiable
+with respect to the weights.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from qflgym.qfl_core.circuits import CircuitSpec
+from qflgym.qfl_core.config import BackendConfig
+
+
+@dataclass(frozen=True)
+class ClientNoise:
+    """Device noise of the clients in one backend call, one entry per client (the leading ``C`` dimension).
+
+    Attributes:
+        shots: Shots per circuit execution, or ``None`` for exact expectations.
+        depolarizing: Depolarizing probability ``p`` in ``[0, 0.75]`` after every layer on every qubit.
+        readout_error: Bit-flip probability ``r`` in ``[0, 0.5]`` of every measured qubit.
+
+    Raises:
+        ValueError: If the tuples differ in length or hold out-of-range values.
+    """
+
+    shots: tuple[int | None, ...]
+    depolarizing: tuple[float, ...]
+    readout_error: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shots", tuple(None if s is None else int(s) for s in self.shots))
+        object.__setattr__(self, "depolarizing", tuple(float(p) for p in self.depolarizing))
+        object.__setattr__(self, "readout_error", tuple(float(r) for r in self.readout_error))
+        n = len(self.shots)
+        if len(self.depolarizing) != n or len(self.readout_error) != n:
+            raise ValueError(
+                f"shots, depolarizing and readout_error need one entry per client; got lengths "
+                f"{n}, {len(self.depolarizing)}, {len(self.readout_error)}"
+            )
+        if any(s is not None and s < 1 for s in self.shots):
+            raise ValueError(f"shots must be None or positive integers, got {self.shots}")
+        if any(not 0.0 <= p <= 0.75 for p in self.depolarizing):
+            raise ValueError(f"depolarizing probabilities must lie in [0, 0.75], got {self.depolarizing}")
+        if any(not 0.0 <= r <= 0.5 for r in self.readout_error):
+            raise ValueError(f"readout_error probabilities must lie in [0, 0.5], got {self.readout_error}")
+
+    @classmethod
+    def exact(cls, n_clients: int) -> ClientNoise:
+        """Noiseless exact expectations for ``n_clients`` clients."""
+        return cls((None,) * n_clients, (0.0,) * n_clients, (0.0,) * n_clients)
+
+    @classmethod
+    def uniform(
+        cls, n_clients: int, shots: int | None = None, depolarizing: float = 0.0, readout_error: float = 0.0
+    ) -> ClientNoise:
+        """The same settings for all ``n_clients`` clients."""
+        return cls((shots,) * n_clients, (depolarizing,) * n_clients, (readout_error,) * n_clients)
+
+    def __len__(self) -> int:
+        return len(self.shots)
+
+    @property
+    def n_clients(self) -> int:
+        """Number of clients ``C``."""
+        return len(self.shots)
+
+    @property
+    def noiseless(self) -> bool:
+        """True when no client has depolarizing or readout noise (shots may still be finite)."""
+        return not any(self.depolarizing) and not any(self.readout_error)
+
+    @property
+    def has_shots(self) -> bool:
+        """True when some client estimates expectations from finite shots."""
+        return any(s is not None for s in self.shots)
+
+    @property
+    def is_exact(self) -> bool:
+        """True when every client gets noiseless exact expectations."""
+        return self.noiseless and not self.has_shots
+
+    def select(self, indices: Sequence[int]) -> ClientNoise:
+        """The noise of the clients at ``indices``, in that order."""
+        idx = [int(i) for i in indices]
+        return ClientNoise(
+            tuple(self.shots[i] for i in idx),
+            tuple(self.depolarizing[i] for i in idx),
+            tuple(self.readout_error[i] for i in idx),
+        )
+
+
+class Backend(abc.ABC):
+    """Evaluates Pauli-Z expectations of a :class:`CircuitSpec` for a batch of clients.
+
+    Subclasses implement :meth:`expvals`. Construct them through
+    :func:`qflgym.qfl_core.backends.make_backend` (or :data:`~qflgym.qfl_core.backends.BACKENDS`).
+
+    Args:
+        spec: The circuit.
+        config: Backend settings (dtype, PennyLane device, broadcasting).
+    """
+
+    #: Registry name of the backend.
+    name: ClassVar[str] = ""
+
+    def __init__(self, spec: CircuitSpec, config: BackendConfig) -> None:
+        self.spec = spec
+        self.config = config
+        self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
+
+    @abc.abstractmethod
+    def expvals(
+        self, weights: torch.Tensor, x: torch.Tensor, noise: ClientNoise, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Pauli-Z expectations of every qubit for every client and sample.
+
+        Args:
+            weights: ``[C, L, Q, 3]`` circuit weights, one model per client.
+            x: ``[C, B, Q]`` rotation angles (features), ``B`` samples per client.
+            noise: Shots and noise of the ``C`` clients.
+            generator: The source of all sampling randomness (shots).
+
+        Returns:
+            ``[C, B, Q]`` expectations, differentiable w.r.t. ``weights`` by autograd. With finite shots the
+            values are shot estimates and the gradient is that of the exact expectation (straight-through).
+        """
+
+    def check_inputs(self, weights: torch.Tensor, x: torch.Tensor, noise: ClientNoise) -> None:
+        """Raise a clear ``ValueError`` unless the shapes of ``weights``, ``x`` and ``noise`` agree."""
+        spec = self.spec
+        if weights.dim() != 4:
+            raise ValueError(f"weights must be [C, L, Q, 3]; got shape {tuple(weights.shape)}")
+        spec.check_weights(weights)
+        c = weights.shape[0]
+        if x.dim() != 3 or x.shape[0] != c or x.shape[2] != spec.n_qubits:
+            raise ValueError(f"x must be [C={c}, B, Q={spec.n_qubits}] rotation angles; got shape {tuple(x.shape)}")
+        if len(noise) != c:
+            raise ValueError(f"noise describes {len(noise)} clients but weights hold {c}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(spec={self.spec}, dtype={self.config.dtype})"
