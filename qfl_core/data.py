@@ -43,8 +43,17 @@ DatasetLoader = Callable[[DataConfig, np.random.Generator], tuple[np.ndarray, np
 DATASETS: Registry[DatasetLoader] = Registry("dataset", entry_point_group="qflgym.datasets")
 
 
+#: scikit-learn's bundled datasets (read from the installed package, never downloaded), with their descriptions.
+BUNDLED: dict[str, str] = {
+    "digits": "Handwritten digits: 1797 images of 8x8 pixels (64 features), 10 classes.",
+    "iris": "Iris flowers: 150 samples, 4 features, 3 classes.",
+    "wine": "Wine cultivars: 178 samples, 13 features, 3 classes.",
+    "breast_cancer": "Wisconsin breast cancer: 569 samples, 30 features, 2 classes.",
+}
+
+
 @functools.cache
-def _bundled(name: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_bundled(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Read a scikit-learn bundled dataset once per process (read-only arrays, shared by every federation)."""
     x, y = getattr(skdatasets, f"load_{name}")(return_X_y=True)
     x.flags.writeable = False
@@ -52,37 +61,23 @@ def _bundled(name: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def _bundled_loader(name: str) -> DatasetLoader:
+    def load(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        del config, rng
+        return _read_bundled(name)
+
+    load.__name__ = f"load_{name}"
+    load.__doc__ = f"{BUNDLED[name]} (bundled with scikit-learn)"
+    return load
+
+
+for _name in BUNDLED:
+    DATASETS.add(_name, _bundled_loader(_name))
+
+
 def _seed(rng: np.random.Generator) -> int:
     """Draw a scikit-learn ``random_state`` from ``rng``."""
     return int(rng.integers(0, 2**31 - 1))
-
-
-@DATASETS.register("digits")
-def load_digits(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Handwritten digits: 1797 images of 8x8 pixels (64 features), 10 classes (bundled with scikit-learn)."""
-    del config, rng
-    return _bundled("digits")
-
-
-@DATASETS.register("iris")
-def load_iris(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Iris flowers: 150 samples, 4 features, 3 classes (bundled with scikit-learn)."""
-    del config, rng
-    return _bundled("iris")
-
-
-@DATASETS.register("wine")
-def load_wine(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Wine cultivars: 178 samples, 13 features, 3 classes (bundled with scikit-learn)."""
-    del config, rng
-    return _bundled("wine")
-
-
-@DATASETS.register("breast_cancer")
-def load_breast_cancer(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Wisconsin breast cancer: 569 samples, 30 features, 2 classes (bundled with scikit-learn)."""
-    del config, rng
-    return _bundled("breast_cancer")
 
 
 @DATASETS.register("classification")
