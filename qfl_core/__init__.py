@@ -7,9 +7,32 @@ Typical use::
     fed = Federation("default", seed=0)
     report = fed.run_round(selected=[0, 3, 7], lr=0.1, local_steps=2)
     print(report.val_accuracy, report.bytes_uploaded, report.wall_time_s)
+
+The names below are imported lazily (PEP 562), so importing a light submodule such as
+:mod:`qflgym.qfl_core.registry` does not load torch, scikit-learn or PennyLane.
 """
 
-from .config import ConfigError, FederationConfig
-from .federation import ClientReport, Federation, RoundReport
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import ConfigError, FederationConfig
+    from .federation import ClientReport, Federation, RoundReport
+
+_EXPORTS = {
+    "ConfigError": "config",
+    "FederationConfig": "config",
+    "ClientReport": "federation",
+    "Federation": "federation",
+    "RoundReport": "federation",
+}
 
 __all__ = ["ClientReport", "ConfigError", "Federation", "FederationConfig", "RoundReport"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
