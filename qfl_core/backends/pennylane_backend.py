@@ -7,8 +7,10 @@ registering this backend costs nothing.
 * Device: ``config.device`` (default ``default.qubit``) for noiseless clients; ``default.mixed`` for clients
   with depolarizing or readout noise.
 * Differentiation: ``backprop`` on ``default.qubit`` / ``default.mixed``, PennyLane's ``best`` elsewhere.
-* Batches: parameter broadcasting over the ``B`` samples of a client (``config.broadcast``), or one QNode call
-  per sample (``broadcast=False``).
+* Batches: with ``config.broadcast`` and every client exact and noiseless, ONE QNode call evaluates all ``C x B``
+  samples with per-sample weights (parameter broadcasting, the fastest way PennyLane runs this workload);
+  otherwise broadcasting over the ``B`` samples of one client at a time. ``broadcast=False`` makes one QNode
+  call per sample (the per-sample loop of typical QFL code).
 * Shots: a fresh device with ``seed=`` drawn from the passed ``torch.Generator`` (PennyLane devices otherwise
   sample from NumPy's global RNG) and a QNode with ``shots=S``. As in the ``torch`` backend the returned values
   are the shot estimates and, when gradients are needed, the gradient is that of the exact expectation
@@ -73,13 +75,22 @@ class PennyLaneBackend(Backend):
         return qp.QNode(self._qfunc(noisy), device, interface="torch", diff_method=None, shots=shots)
 
     # ------------------------------------------------------------------ evaluation
-    def _run(self, qnode: Any, x: torch.Tensor, weights: torch.Tensor, p: float, r: float) -> torch.Tensor:
+    def _run(self, qnode: Any, x: torch.Tensor, weights: torch.Tensor, p: float = 0.0, r: float = 0.0) -> torch.Tensor:
         """Evaluate one client's ``[B, Q]`` samples; returns ``[B, Q]``."""
         if self.config.broadcast:
             out = qnode(x, weights, p, r)
             return torch.stack([torch.as_tensor(o) for o in out], -1).reshape(x.shape[0], -1)
         rows = [torch.stack([torch.as_tensor(o) for o in qnode(x_b, weights, p, r)]) for x_b in x]
         return torch.stack(rows)
+
+    def _broadcast_all(self, weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """All clients' samples in one broadcast call, each sample with its client's weights: ``[C, B, Q]``."""
+        n_clients, batch = x.shape[:2]
+        per_sample = weights[:, None].expand(n_clients, batch, *weights.shape[1:]).reshape(-1, *weights.shape[1:])
+        z = self._run(
+            self._exact_qnode(self.config.device, False), x.reshape(n_clients * batch, -1).to(weights.dtype), per_sample
+        )
+        return z.reshape(n_clients, batch, -1).to(weights.dtype)
 
     def expvals(
         self, weights: torch.Tensor, x: torch.Tensor, noise: ClientNoise, generator: torch.Generator
@@ -88,6 +99,8 @@ class PennyLaneBackend(Backend):
         self.check_inputs(weights, x, noise)
         if weights.shape[0] == 0:
             return weights.new_zeros(0, x.shape[1], self.spec.n_qubits)
+        if self.config.broadcast and noise.is_exact:
+            return self._broadcast_all(weights, x)
         needs_grad = torch.is_grad_enabled() and weights.requires_grad
         out = []
         for c in range(weights.shape[0]):
