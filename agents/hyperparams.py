@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from qflgym.qfl_core.config import ConfigError
+from qflgym.qfl_core.config import ConfigError, load_yaml
 
 __all__ = [
     "TRAINER_KEYS",
@@ -73,12 +73,7 @@ def load_hyperparams(path: str | Path, env_id: str) -> tuple[dict[str, Any], boo
         FileNotFoundError: The file does not exist.
         ConfigError: The file is not a mapping of mappings.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"hyperparameter file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping from env id to hyperparameters, got {type(data).__name__}")
+    data = load_yaml(path, what="hyperparameter")
     if env_id not in data:
         return {}, False
     entry = data[env_id] or {}
