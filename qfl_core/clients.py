@@ -27,6 +27,12 @@ from .optim import OPTIMIZERS
 from .strategies import FitConfig
 
 
+def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy per row over its unmasked samples: logits ``[R, B, K]``, y and mask ``[R, B]`` -> ``[R]``."""
+    ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+    return (ce * mask).sum(1) / mask.sum(1)
+
+
 @dataclass(frozen=True)
 class DeviceProfile:
     """The quantum device a client trains on.
@@ -90,7 +96,10 @@ class FitResult:
         client_ids: The clients that trained.
         params: ``[C, P]`` trained parameters.
         loss_before: ``[C]`` loss on each client's first minibatch before training.
-        loss_after: ``[C]`` loss on that same minibatch after training.
+        first_batch: ``(x [C, B, Q], y [C, B], mask [C, B])``: that minibatch, for the loss after training
+            (which :class:`~qflgym.qfl_core.federation.Federation` evaluates in the same backend call as the
+            new global model).
+        noise: The clients' device noise.
         num_examples: ``[C]`` training-set size of each client (the aggregation weight).
         samples_used: ``[C]`` samples processed over all local steps.
         circuit_executions: ``[C]`` circuit executions the training would take on hardware.
@@ -101,7 +110,8 @@ class FitResult:
     client_ids: np.ndarray
     params: torch.Tensor
     loss_before: torch.Tensor
-    loss_after: torch.Tensor
+    first_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    noise: ClientNoise
     num_examples: torch.Tensor
     samples_used: np.ndarray
     circuit_executions: np.ndarray
@@ -157,6 +167,11 @@ class ClientPool:
     def __len__(self) -> int:
         return len(self.profiles)
 
+    @property
+    def batch(self) -> int:
+        """Rows of every training minibatch (the batch size, or the largest client's size if smaller)."""
+        return self._batch
+
     def noise(self, client_ids: np.ndarray) -> ClientNoise:
         """The device noise of ``client_ids``, in order."""
         profiles = [self.profiles[i] for i in client_ids]
@@ -176,10 +191,14 @@ class ClientPool:
         generator: torch.Generator,
     ) -> torch.Tensor:
         """Mean cross-entropy per client over the unmasked samples of its batch: ``[C]``."""
+        return masked_cross_entropy(self.logits(params, x, noise, generator), y, mask)
+
+    def logits(
+        self, params: torch.Tensor, x: torch.Tensor, noise: ClientNoise, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Class logits ``[C, B, K]`` of ``C`` parameter vectors on their own batches ``x [C, B, Q]``."""
         weights, readout = self.spec.split(params)
-        logits = self.spec.logits(self.backend.expvals(weights, x, noise, generator), readout)
-        ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
-        return (ce * mask).sum(1) / mask.sum(1)
+        return self.spec.logits(self.backend.expvals(weights, x, noise, generator), readout)
 
     def _sample_batch(
         self, rows: torch.Tensor, generator: torch.Generator
@@ -219,8 +238,6 @@ class ClientPool:
                 first_batch, loss_before = batch, loss.detach()
             params = optimizer.step(params.detach(), grad)
         assert first_batch is not None and loss_before is not None
-        with torch.no_grad():
-            loss_after = self.loss(params, *first_batch, noise, generator)
         per_step = np.minimum(self.sizes[client_ids], self._batch)
         samples = per_step * fit.local_steps
         executions = samples * self._executions_per_sample
@@ -228,7 +245,8 @@ class ClientPool:
             client_ids=client_ids,
             params=params,
             loss_before=loss_before,
-            loss_after=loss_after,
+            first_batch=first_batch,
+            noise=noise,
             num_examples=self._sizes[rows],
             samples_used=samples,
             circuit_executions=executions,

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from .backends import make_backend
 from .backends.base import ClientNoise
 from .circuits import CircuitSpec
-from .clients import ClientPool, DeviceProfile, FitResult, draw_profiles
+from .clients import ClientPool, DeviceProfile, FitResult, draw_profiles, masked_cross_entropy
 from .config import ConfigError, FederationConfig
 from .data import DataSplits, load_splits
 from .partition import ClientDataStats, client_statistics, partition
@@ -124,13 +124,20 @@ class Federation:
         self.params = self.spec.init_params(rng, self.dtype)
         self.generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         self.round = 0
+        # The evaluation set, laid out as rows of the clients' batch size, so the global model's evaluation and
+        # the trained clients' losses run in one backend call (each row with its own parameters).
         eval_parts = [(self.data.x_val, self.data.y_val)]
         if cfg.evaluate_test:
             eval_parts.append((self.data.x_test, self.data.y_test))
-        self._eval_x = torch.as_tensor(np.concatenate([x for x, _ in eval_parts]), dtype=self.dtype)[None]
+        x_eval = np.concatenate([x for x, _ in eval_parts])
+        self._n_eval, self._n_val = len(x_eval), len(self.data.y_val)
+        batch = self.pool.batch
+        n_rows = -(-self._n_eval // batch)
+        padded = np.zeros((n_rows * batch, self.spec.n_qubits))
+        padded[: self._n_eval] = x_eval
+        self._eval_x = torch.as_tensor(padded, dtype=self.dtype).view(n_rows, batch, -1)
         self._eval_y = torch.as_tensor(np.concatenate([y for _, y in eval_parts]))
-        self._n_val = len(self.data.y_val)
-        self._server_noise = ClientNoise.exact(1)
+        self._eval_noise = ClientNoise.exact(n_rows)
         self._all_ids = np.arange(self.n_clients)
         self._availability = torch.tensor([p.availability for p in self.profiles], dtype=torch.float64)
         self.available: np.ndarray = self._draw_availability()
@@ -215,16 +222,17 @@ class Federation:
         update_norm = 0.0
         executions = shots = 0
         client_time = 0.0
+        fit = None
         if len(participants):
             fit = self.pool.fit(self.params, participants, self.strategy.configure_fit(lr, local_steps), self.generator)
-            new_params = self.strategy.aggregate_fit(self.params, fit.params, fit.num_examples)
-            client_reports, update_norm = self._client_reports(fit, new_params - self.params)
-            self.params = new_params.detach()
+            previous, self.params = self.params, self.strategy.aggregate_fit(self.params, fit.params, fit.num_examples)
+        loss_after, (val_acc, val_loss, test_acc, test_loss) = self._forward_after_round(fit)
+        if fit is not None:
+            client_reports, update_norm = self._client_reports(fit, loss_after, previous)
             executions = int(fit.circuit_executions.sum())
             shots = int(fit.shots_used.sum())
             client_time = float(fit.wall_time_s.max())
 
-        val_acc, val_loss, test_acc, test_loss = self._evaluate()
         self.round += 1
         self.available = self._draw_availability()
         return RoundReport(
@@ -247,14 +255,17 @@ class Federation:
             clients=client_reports,
         )
 
-    def _client_reports(self, fit: FitResult, global_update: torch.Tensor) -> tuple[tuple[ClientReport, ...], float]:
+    def _client_reports(
+        self, fit: FitResult, loss_after: torch.Tensor, previous: torch.Tensor
+    ) -> tuple[tuple[ClientReport, ...], float]:
         with torch.no_grad():
-            updates = fit.params - self.params
+            updates = fit.params - previous
+            global_update = self.params - previous
             norms = updates.norm(dim=1)
             global_norm = global_update.norm()
             denom = norms * global_norm
             cosine = torch.where(denom > 0, (updates @ global_update) / denom.clamp_min(1e-300), 0.0)
-            rows = torch.stack([fit.loss_before, fit.loss_after, norms, cosine], dim=1).tolist()
+            rows = torch.stack([fit.loss_before, loss_after, norms, cosine], dim=1).tolist()
         reports = tuple(
             ClientReport(
                 client_id=int(cid),
@@ -279,24 +290,35 @@ class Federation:
         )
         return reports, float(global_norm)
 
-    def _evaluate(self) -> tuple[float, float, float, float]:
-        """Accuracy and loss of the global model on validation and (if enabled) test."""
+    def _forward_after_round(self, fit: FitResult | None) -> tuple[torch.Tensor, tuple[float, float, float, float]]:
+        """Evaluate the global model and the trained clients' "loss after" in one backend call.
+
+        The global model runs on the evaluation rows, every trained client on its first minibatch. Returns
+        ``(loss_after [C], (val_acc, val_loss, test_acc, test_loss))``; test figures are NaN when test
+        evaluation is off.
+        """
+        params = self.params.expand(len(self._eval_x), -1)
+        x, noise, n = self._eval_x, self._eval_noise, 0
+        if fit is not None:
+            params = torch.cat([fit.params, params])
+            x = torch.cat([fit.first_batch[0], x])
+            noise, n = fit.noise + noise, len(fit.client_ids)
         with torch.no_grad():
-            weights, readout = self.spec.split(self.params[None])
-            z = self.backend.expvals(weights, self._eval_x, self._server_noise, self.generator)
-            logits = self.spec.logits(z, readout)[0]
-            ce = F.cross_entropy(logits, self._eval_y, reduction="none")
-            correct = (logits.argmax(1) == self._eval_y).to(ce.dtype)
-            n = self._n_val
-            stats = torch.stack([correct[:n].mean(), ce[:n].mean(), correct[n:].mean(), ce[n:].mean()])
-        val_acc, val_loss, test_acc, test_loss = stats.tolist()
+            logits = self.pool.logits(params, x, noise, self.generator)
+            loss_after = masked_cross_entropy(logits[:n], *fit.first_batch[1:]) if fit is not None else logits[:0, 0, 0]
+            eval_logits = logits[n:].flatten(0, 1)[: self._n_eval]
+            ce = F.cross_entropy(eval_logits, self._eval_y, reduction="none")
+            correct = (eval_logits.argmax(1) == self._eval_y).to(ce.dtype)
+            v = self._n_val
+            stats = torch.stack([correct[:v].mean(), ce[:v].mean(), correct[v:].mean(), ce[v:].mean()]).tolist()
         if not self.config.evaluate_test:
-            test_acc = test_loss = math.nan
-        return val_acc, val_loss, test_acc, test_loss
+            stats[2:] = [math.nan, math.nan]
+        val_acc, val_loss, test_acc, test_loss = stats
+        return loss_after, (val_acc, val_loss, test_acc, test_loss)
 
     def evaluate(self) -> dict[str, float]:
         """Evaluate the current global model without running a round."""
-        val_acc, val_loss, test_acc, test_loss = self._evaluate()
+        _, (val_acc, val_loss, test_acc, test_loss) = self._forward_after_round(None)
         return {
             "val_accuracy": val_acc,
             "val_loss": val_loss,

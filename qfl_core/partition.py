@@ -47,9 +47,7 @@ def _split_by_proportions(indices: np.ndarray, proportions: np.ndarray) -> list[
 
 
 @PARTITIONS.register("iid")
-def iid(
-    labels: np.ndarray, n_clients: int, config: PartitionConfig, rng: np.random.Generator
-) -> list[np.ndarray]:
+def iid(labels: np.ndarray, n_clients: int, config: PartitionConfig, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffle all samples and split them into ``n_clients`` parts whose sizes differ by at most one."""
     del config
     return list(np.array_split(rng.permutation(len(labels)), n_clients))
@@ -70,9 +68,7 @@ def dirichlet(
 
 
 @PARTITIONS.register("shards")
-def shards(
-    labels: np.ndarray, n_clients: int, config: PartitionConfig, rng: np.random.Generator
-) -> list[np.ndarray]:
+def shards(labels: np.ndarray, n_clients: int, config: PartitionConfig, rng: np.random.Generator) -> list[np.ndarray]:
     """Pathological label skew: each client gets ``config.shards_per_client`` shards of label-sorted samples.
 
     A shard may straddle a class boundary, so a client sees at most ``2 * shards_per_client`` classes and
@@ -128,9 +124,7 @@ def partition(
     parts = PARTITIONS.get(config.scheme)(labels, n_clients, config, rng)
     parts = [np.asarray(p, dtype=np.int64).ravel() for p in parts]
     if len(parts) != n_clients:
-        raise RuntimeError(
-            f"partition scheme {config.scheme!r} returned {len(parts)} parts for {n_clients} clients"
-        )
+        raise RuntimeError(f"partition scheme {config.scheme!r} returned {len(parts)} parts for {n_clients} clients")
     _check_exact_cover(parts, n, config.scheme)
     parts = _enforce_min_samples(parts, config.min_samples, rng)
     _check_exact_cover(parts, n, config.scheme)
@@ -142,14 +136,10 @@ def _check_exact_cover(parts: Sequence[np.ndarray], n: int, scheme: str) -> None
     flat = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
     in_range = flat.size == 0 or (flat.min() >= 0 and flat.max() < n)
     if len(flat) != n or not in_range or not np.all(np.bincount(flat, minlength=n) == 1):
-        raise RuntimeError(
-            f"partition scheme {scheme!r} did not assign each of the {n} samples to exactly one client"
-        )
+        raise RuntimeError(f"partition scheme {scheme!r} did not assign each of the {n} samples to exactly one client")
 
 
-def _enforce_min_samples(
-    parts: list[np.ndarray], min_samples: int, rng: np.random.Generator
-) -> list[np.ndarray]:
+def _enforce_min_samples(parts: list[np.ndarray], min_samples: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Top up clients below ``min_samples`` with random samples taken one at a time from the largest client.
 
     Taking from whichever client is currently largest spreads the cost over the big clients and never pushes a
@@ -182,9 +172,7 @@ class ClientDataStats:
     skew: float
 
 
-def client_statistics(
-    labels: np.ndarray, parts: Sequence[np.ndarray], n_classes: int
-) -> list[ClientDataStats]:
+def client_statistics(labels: np.ndarray, parts: Sequence[np.ndarray], n_classes: int) -> list[ClientDataStats]:
     """Summarise each client's share of the training data.
 
     Args:
@@ -200,9 +188,7 @@ def client_statistics(
     overall /= max(overall.sum(), 1.0)
     stats = []
     for part in parts:
-        histogram = np.bincount(labels[np.asarray(part, dtype=np.int64)], minlength=n_classes).astype(
-            np.int64
-        )
+        histogram = np.bincount(labels[np.asarray(part, dtype=np.int64)], minlength=n_classes).astype(np.int64)
         histogram.setflags(write=False)
         size = int(histogram.sum())
         skew = 0.5 * float(np.abs(histogram / size - overall).sum()) if size else float("nan")

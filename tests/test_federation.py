@@ -155,3 +155,22 @@ def test_boolean_mask_equals_ids():
     mask = np.zeros(6, dtype=bool)
     mask[[1, 4]] = True
     assert dataclasses.asdict(a.run_round(mask)) == dataclasses.asdict(b.run_round([4, 1]))
+
+
+def test_evaluate_matches_the_round_report_and_a_direct_evaluation():
+    fed = _fed(SMALL, seed=4)
+    report = fed.run_round([0, 1, 2])
+    ev = fed.evaluate()
+    assert (ev["val_accuracy"], ev["val_loss"]) == (report.val_accuracy, report.val_loss)
+    # direct: the global model on the whole validation split in one row
+    x = torch.as_tensor(fed.data.x_val, dtype=fed.dtype)[None]
+    logits = fed.pool.logits(fed.params[None], x, fed._eval_noise.select([0]), fed.generator)[0]
+    y = torch.as_tensor(fed.data.y_val)
+    assert ev["val_accuracy"] == pytest.approx((logits.argmax(1) == y).double().mean().item(), abs=1e-12)
+    assert ev["val_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-10)
+
+
+def test_test_metrics_are_nan_when_switched_off():
+    report = _fed({**SMALL, "evaluate_test": False}).run_round([0])
+    assert math.isnan(report.test_accuracy) and math.isnan(report.test_loss)
+    assert not math.isnan(report.val_accuracy)

@@ -87,6 +87,14 @@ class ClientNoise:
         """True when every client gets noiseless exact expectations."""
         return self.noiseless and not self.has_shots
 
+    def __add__(self, other: ClientNoise) -> ClientNoise:
+        """The clients of ``self`` followed by those of ``other`` (for one backend call over both)."""
+        return ClientNoise(
+            self.shots + other.shots,
+            self.depolarizing + other.depolarizing,
+            self.readout_error + other.readout_error,
+        )
+
     def select(self, indices: Sequence[int]) -> ClientNoise:
         """The noise of the clients at ``indices``, in that order."""
         idx = [int(i) for i in indices]
