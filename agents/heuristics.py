@@ -618,29 +618,7 @@ def _build(registry: Registry[Any], name: str, facts: EnvFacts, kwargs: Mapping[
 
 
 # ------------------------------------------------------------------------------------------ registered names
-@CONTROLLERS.register("composite")
-def composite(
-    env: Any,
-    *,
-    seed: int | None = None,
-    selection: str = "all-clients",
-    step_size: str = "constant-lr",
-    termination: str = "never",
-    selection_kwargs: Mapping[str, Any] | None = None,
-    step_size_kwargs: Mapping[str, Any] | None = None,
-    termination_kwargs: Mapping[str, Any] | None = None,
-) -> HeuristicController:
-    """Any selection × step-size × termination combination (see :class:`HeuristicController`)."""
-    return HeuristicController(
-        env,
-        seed=seed,
-        selection=selection,
-        step_size=step_size,
-        termination=termination,
-        selection_kwargs=selection_kwargs,
-        step_size_kwargs=step_size_kwargs,
-        termination_kwargs=termination_kwargs,
-    )
+CONTROLLERS.add("composite", HeuristicController)
 
 
 def _register_rule_controllers() -> None:
