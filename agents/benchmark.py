@@ -217,16 +217,48 @@ class BenchSuite(StrictModel):
         return self
 
 
-def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> BenchSuite:
+def load_suite(
+    path: str | Path, overrides: dict[str, Any] | None = None, envs: Sequence[str] | None = None
+) -> BenchSuite:
     """Load and validate a suite YAML (relative ``sb3`` model paths resolve against the current directory).
+
+    Args:
+        path: The suite file.
+        overrides: Top-level fields replacing the file's (e.g. ``{"seeds": [...]}``).
+        envs: Keep only these envs (labels or ids) and the controllers that run on at least one of them; a
+            controller's ``envs`` restriction is narrowed to the kept ones. Applied before validation, so the
+            models of dropped controllers need not exist.
 
     Raises:
         FileNotFoundError: The file does not exist.
         ConfigError: Naming every bad field.
+        ValueError: ``envs`` names an env the suite does not have.
     """
     data = load_yaml(path)
     data.update(overrides or {})
+    if envs is not None:
+        data = _select_envs(data, envs, path)
     return build_config(BenchSuite, data, f"bench suite {path}")
+
+
+def _select_envs(data: dict[str, Any], envs: Sequence[str], path: str | Path) -> dict[str, Any]:
+    wanted = set(envs)
+    entries = [e if isinstance(e, dict) else {"id": e} for e in data.get("envs") or []]
+    kept = [e for e in entries if wanted & {e.get("id"), e.get("label")}]
+    known = {n for e in entries for n in (e.get("id"), e.get("label")) if n}
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise ValueError(f"bench suite {path} has no env {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+    names = {n for e in kept for n in (e.get("id"), e.get("label")) if n}
+    controllers = []
+    for c in data.get("controllers") or []:
+        if isinstance(c, dict) and c.get("envs") is not None:
+            narrowed = [n for n in c["envs"] if n in names]
+            if not narrowed:
+                continue
+            c = {**c, "envs": narrowed}
+        controllers.append(c)
+    return {**data, "envs": kept, "controllers": controllers}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from qflgym.qfl_core.federation import Federation, RoundReport
 
 from .actions import ActionCodec, ControlDecision, LearningRateMap
 from .config import EnvConfig, env_preset, resolve_env_config
-from .observation import CLIENT_FEATURES, ObservationLayout
+from .observation import CLIENT_FEATURES, LABEL_FEATURES, MAX_LABEL_CLASSES, ObservationLayout
 from .render import RoundRecord, render_ansi, render_rgb_array
 from .rewards import BUILTIN_TERMS, RewardContext, resolve_terms
 from .rules import SELECTION_RULES, ClientState
@@ -214,6 +214,15 @@ class QFLEnv(gym.Env):
         c = np.zeros((n, len(CLIENT_FEATURES)), dtype=np.float32)
         c[:, _C["data_size"]] = sizes / sizes.max()
         c[:, _C["label_skew"]] = skew
+        if fed.n_classes > MAX_LABEL_CLASSES:
+            raise ValueError(
+                f"{type(self).__name__}: the federation has {fed.n_classes} classes; the observation's "
+                f"label_frac_* features cover at most {MAX_LABEL_CLASSES}"
+            )
+        hist = np.array([s.label_histogram for s in fed.client_stats], dtype=np.float64)
+        fractions = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1.0)
+        first = _C[LABEL_FEATURES[0]]
+        c[:, first : first + fractions.shape[1]] = fractions
         c[:, _C["noise_level"]] = 1.0 - (1.0 - 4.0 * depol / 3.0) ** cfg.circuit.n_layers * (1.0 - 2.0 * readout)
         c[:, _C["shot_noise"]] = np.where(shots > 0, 1.0 / np.sqrt(np.maximum(shots, 1.0)), 0.0)
         c[:, _C["latency"]] = latency / latency.max()

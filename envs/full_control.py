@@ -34,7 +34,7 @@ class FullControlEnv(QFLEnv):
 
     ## Observation Space
 
-    The same as `QFL/ClientSelection-v0` (`11 N + 12` features; see `docs/envs/observation.md`).
+    The same as `QFL/ClientSelection-v0` (`21 N + 12` features; see `docs/envs/observation.md`).
 
     ## Rewards
 

@@ -22,8 +22,19 @@ __all__ = [
     "CLIENT_FEATURE_BOUNDS",
     "GLOBAL_FEATURES",
     "GLOBAL_FEATURE_BOUNDS",
+    "LABEL_FEATURES",
+    "MAX_LABEL_CLASSES",
     "ObservationLayout",
 ]
+
+#: Classes covered by the per-client label-distribution features (``label_frac_0`` ... ``label_frac_9``);
+#: a federation with fewer classes leaves the extra columns at 0, one with more is rejected by the env.
+MAX_LABEL_CLASSES = 10
+
+#: The per-client label-distribution features: ``label_frac_j`` = the fraction of the client's training
+#: samples in class ``j`` (the federation's class order), 0 for ``j >= K``. They let a controller recognize
+#: clients whose data complement each other, which the scalar ``label_skew`` cannot.
+LABEL_FEATURES: tuple[str, ...] = tuple(f"label_frac_{j}" for j in range(MAX_LABEL_CLASSES))
 
 #: Per-client features, in column order (see ``docs/envs/observation.md`` for the scaling of each).
 CLIENT_FEATURES: tuple[str, ...] = (
@@ -38,6 +49,7 @@ CLIENT_FEATURES: tuple[str, ...] = (
     "available",  # 1 if the client can take part this round
     "last_update_norm",  # tanh(norm of its last update / (base lr x base local steps))
     "update_cosine",  # cosine between its last update and that round's aggregated update, [-1, 1]
+    *LABEL_FEATURES,  # fraction of its training samples in class j (0 for classes the federation lacks), [0, 1]
 )
 
 #: Global features, in order.
@@ -69,7 +81,7 @@ CLIENT_FEATURE_BOUNDS: dict[str, tuple[float, float]] = {
     "available": (0.0, 1.0),
     "last_update_norm": (0.0, 1.0),
     "update_cosine": (-1.0, 1.0),
-}
+} | {name: (0.0, 1.0) for name in LABEL_FEATURES}
 
 #: ``(low, high)`` of each global feature.
 GLOBAL_FEATURE_BOUNDS: dict[str, tuple[float, float]] = {

@@ -36,7 +36,7 @@ class StepSizeEnv(QFLEnv):
 
     ## Observation Space
 
-    The same as `QFL/ClientSelection-v0` (`11 N + 12` features; see `docs/envs/observation.md`).
+    The same as `QFL/ClientSelection-v0` (`21 N + 12` features; see `docs/envs/observation.md`).
 
     ## Rewards
 

@@ -120,6 +120,24 @@ def test_suite_validation_names_fields_and_allowed_values(tmp_path):
         load_suite(tmp_path / "missing.yaml")
 
 
+def test_load_suite_keeps_only_the_selected_envs(tmp_path):
+    suite = load_suite(_suite_path("tiny"), envs=["selection-tiny"])
+    assert [e.name for e in suite.envs] == ["selection-tiny"]
+    assert [c.name for c in suite.controllers] == ["random-k", "all-clients", "power-of-choice", "oort"]
+    by_id = load_suite(_suite_path("tiny"), envs=["QFL/FullControl-Tiny-v0"])
+    assert [e.name for e in by_id.envs] == ["full-tiny"] and by_id.controllers[-1].envs == ["full-tiny"]
+    # controllers restricted to dropped envs are dropped before validation: their models need not exist
+    path = tmp_path / "suite.yaml"
+    path.write_text(
+        "name: x\nseeds: [1]\n"
+        "envs: [{id: QFL/ClientSelection-Tiny-v0, label: a}, {id: QFL/FullControl-Tiny-v0, label: b}]\n"
+        "controllers: [{name: random-k}, {name: ppo, controller: sb3, kwargs: {path: /nonexistent}, envs: [b]}]\n"
+    )
+    assert [c.name for c in load_suite(path, envs=["a"]).controllers] == ["random-k"]
+    with pytest.raises(ValueError, match="has no env c; allowed: "):
+        load_suite(path, envs=["c"])
+
+
 def test_ray_executor_matches_serial(tiny_run, tmp_path):
     pytest.importorskip("ray")
     suite = tiny(controllers=tiny().controllers[:1], envs=tiny().envs[:1], seeds=[1000])

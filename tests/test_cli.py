@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 import pytest
 
-from qflgym.agents.cli import COMMANDS, Command, build_parser, main
+from qflgym.agents.cli import COMMANDS, SINGLE_THREAD_ENV, Command, build_parser, limit_native_threads, main
 
 
 def run(capsys, *argv):
@@ -22,6 +24,21 @@ def test_help_lists_the_commands(capsys):
     out = capsys.readouterr().out
     for name in ("train", "eval", "bench", "demo", "list"):
         assert name in out
+
+
+def test_thread_variables_default_to_one_and_respect_the_user():
+    environ = {"OMP_NUM_THREADS": "4"}
+    limit_native_threads(environ)
+    assert environ == {"OMP_NUM_THREADS": "4", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    assert set(SINGLE_THREAD_ENV) == {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"}
+
+
+def test_the_cli_module_imports_no_numerics_so_main_can_set_threads_first():
+    # BLAS/OpenMP read the thread variables when loaded: main() sets them, so importing the entry module
+    # (what the console script does before calling main) must not load numpy or torch.
+    code = "import sys, qflgym.agents.cli; print(sorted(m for m in ('numpy', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_unknown_algorithm(capsys):

@@ -19,7 +19,7 @@ from qflgym.envs.actions import (
     TerminationCodec,
     TopKSelectionCodec,
 )
-from qflgym.envs.observation import CLIENT_FEATURES, GLOBAL_FEATURES
+from qflgym.envs.observation import CLIENT_FEATURES, GLOBAL_FEATURES, MAX_LABEL_CLASSES
 from qflgym.qfl_core.config import ConfigError
 
 TINY_IDS = [i for i in ENV_IDS if "-Tiny-" in i]
@@ -121,6 +121,23 @@ def test_observation_layout_names_every_feature():
     obs, *_ = env.step(np.ones(n, dtype=np.int8))
     assert layout.global_(obs, "round_fraction") == pytest.approx(1 / env.unwrapped.config.round_budget)
     assert np.all(layout.client(obs, "times_selected") > 0)
+
+
+def test_label_fraction_features_are_each_clients_label_distribution():
+    env = gym.make("QFL/ClientSelection-v0")  # 4 classes, 10 clients, Dirichlet label skew
+    obs, _ = env.reset(seed=3)
+    layout, fed = env.unwrapped.layout, env.unwrapped.federation
+    fractions = np.stack([layout.client(obs, f"label_frac_{c}") for c in range(MAX_LABEL_CLASSES)], axis=-1)
+    hist = np.array([s.label_histogram for s in fed.client_stats], dtype=np.float64)
+    np.testing.assert_allclose(fractions[:, : fed.n_classes], hist / hist.sum(1, keepdims=True), rtol=1e-6)
+    assert np.all(fractions[:, fed.n_classes :] == 0.0)
+    np.testing.assert_allclose(fractions.sum(1), 1.0, rtol=1e-6)
+    assert not np.allclose(fractions, fractions[0])  # non-IID: clients differ
+    # Static per federation: unchanged by a round, changed by a new federation.
+    obs2, *_ = env.step(np.ones(env.unwrapped.n_clients, dtype=np.int8))
+    np.testing.assert_array_equal(layout.client(obs2, "label_frac_0"), layout.client(obs, "label_frac_0"))
+    obs3, _ = env.reset(seed=4)
+    assert not np.array_equal(layout.client(obs3, "label_frac_0"), layout.client(obs, "label_frac_0"))
 
 
 def test_dict_observation_holds_the_same_numbers():
