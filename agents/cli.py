@@ -26,8 +26,6 @@ invalid configs) print one clear message and exit with status 2; ``--debug`` sho
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -39,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from qflgym.qfl_core.registry import Registry
+from qflgym.qfl_core.registry import Registry, import_available
 
 __all__ = [
     "COMMANDS",
@@ -423,19 +421,9 @@ for _command in (
 
 
 # ------------------------------------------------------------------------------------------------------ main
-def _load_command_modules() -> None:
-    for module in COMMAND_MODULES:
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if found:
-            importlib.import_module(module)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``qflgym`` parser with every registered command."""
-    _load_command_modules()
+    import_available(COMMAND_MODULES)
     parser = argparse.ArgumentParser(
         prog="qflgym",
         description="Gymnasium environments for controlling quantum federated learning: train agents, "

@@ -29,7 +29,6 @@ Controllers may optionally define:
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -37,7 +36,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from qflgym.qfl_core.registry import Registry
+from qflgym.qfl_core.registry import Registry, import_available
 
 __all__ = [
     "CONTROLLERS",
@@ -87,13 +86,7 @@ def _load_modules() -> None:
     _plugins_loaded = True
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
-    for module in PLUGIN_MODULES:
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if found:
-            importlib.import_module(module)
+    import_available(PLUGIN_MODULES)
 
 
 def controller_names() -> list[str]:

@@ -8,7 +8,9 @@ load third-party entries from a Python entry-point group.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import importlib
+import importlib.util
+from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
@@ -97,3 +99,14 @@ class Registry(Generic[T]):
         for ep in entry_points(group=self.entry_point_group):
             if ep.name not in self._entries:
                 self._entries[ep.name] = ep.load()
+
+
+def import_available(modules: Iterable[str]) -> None:
+    """Import each of ``modules`` that is installed (importing a plug-in module registers its entries)."""
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found:
+            importlib.import_module(module)
