@@ -1,0 +1,267 @@
+"""``qflgym llm``: distil (``sft``), RL fine-tune (``grpo``), evaluate (``eval``) and prepare LLM policies.
+
+Registered into the ``qflgym`` CLI through :data:`qflgym.agents.cli.COMMANDS` (this module is listed in its
+``COMMAND_MODULES``). :func:`add_llm_subcommands` adds the group to any ``argparse`` subparsers object, for tools
+that build their own parser. Options of ``sft`` and ``grpo`` are the fields of
+:class:`~qflgym.agents.llm.sft_config.LLMSFTConfig` and :class:`~qflgym.agents.llm.grpo_config.LLMGRPOConfig`
+(``--config FILE.yaml`` sets any of them; explicit flags win).
+
+Examples::
+
+    qflgym llm prepare                                      # convert Gemma-3 270M once (about a minute)
+    qflgym llm sft --env-id QFL/ClientSelection-v0 --teacher runs/ppo/<run> --model gemma3-270m
+    qflgym llm grpo --init-policy runs/llm/sft/<run>/policy --max-steps 50
+    qflgym llm eval --policy runs/llm/grpo/<run>/policy --episodes 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_llm_subcommands", "configure", "main"]
+
+
+def _configure_sft(p: argparse.ArgumentParser) -> None:
+    from qflgym.agents.llm.common import add_dataclass_arguments
+    from qflgym.agents.llm.sft_config import LLMSFTConfig
+
+    add_dataclass_arguments(p, LLMSFTConfig)
+    p.set_defaults(run=_run_sft)
+
+
+def _configure_grpo(p: argparse.ArgumentParser) -> None:
+    from qflgym.agents.llm.common import add_dataclass_arguments
+    from qflgym.agents.llm.grpo_config import LLMGRPOConfig
+
+    add_dataclass_arguments(p, LLMGRPOConfig)
+    p.set_defaults(run=_run_grpo)
+
+
+def _configure_eval(p: argparse.ArgumentParser) -> None:
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--policy", help="a saved policy directory (the policy/ folder of an sft or grpo run)")
+    who.add_argument("--model", help="an untrained base model: tiny, gemma3-270m or a checkpoint directory")
+    p.add_argument("--env", "--env-id", dest="env", help="env id (default: the one the policy was trained on)")
+    p.add_argument("--env-config", help="env config overrides: inline YAML or a YAML file (default: the policy's)")
+    p.add_argument("--episodes", type=int, default=5, help="episodes (default 5)")
+    p.add_argument("--seed", type=int, default=100_000, help="seed of the first episode (default 100000)")
+    p.add_argument("--stochastic", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--free", action="store_true", help="unconstrained generation (measures raw format errors)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model dtype")
+    p.add_argument("--teacher", help="also evaluate this controller on the same seeds (name or SB3 path)")
+    p.add_argument("--torch-threads", type=int, help="torch.set_num_threads (1 is faster on a busy machine)")
+    p.add_argument("--json", dest="json_path", help="write the per-episode rows (and summary) as JSON")
+
+
+def _configure_prepare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="gemma3-270m", help="model to convert and cache (default gemma3-270m)")
+    p.set_defaults(run=_run_prepare)
+
+
+def _configure_models(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(run=_run_models)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``llm`` sub-subcommands to ``parser`` (the ``llm`` command's own parser)."""
+    sub = parser.add_subparsers(dest="llm_command", metavar="LLM_COMMAND", required=True)
+    commands = (
+        ("sft", "distil a controller (or an SB3 model) into the LLM policy with TRL SFT + an adapter", _configure_sft),
+        ("grpo", "RL fine-tuning in the env loop with TRL GRPO (env reward + format term)", _configure_grpo),
+        ("eval", "evaluate a saved LLM policy (return, accuracy, rounds, invalid rate, latency)", _configure_eval),
+        (
+            "prepare",
+            "convert and cache a packaged model once (Gemma-3 270M GGUF -> fp32 checkpoint)",
+            _configure_prepare,
+        ),
+        ("models", "list the registered models and adapters", _configure_models),
+    )
+    for name, help_text, conf in commands:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        conf(p)
+        if name == "eval":
+            p.set_defaults(run=_run_eval)
+
+
+def add_llm_subcommands(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``llm`` group to an ``argparse`` subparsers object; return its parser."""
+    p = subparsers.add_parser("llm", help="LLM policies: sft, grpo, eval, prepare")
+    configure(p)
+    return p
+
+
+# -------------------------------------------------------------------------------------------------- runners
+def _run_sft(args: argparse.Namespace) -> int:
+    from qflgym.agents.llm.common import dataclass_from_args
+    from qflgym.agents.llm.sft_config import LLMSFTConfig
+    from qflgym.agents.llm.sft_trainer import LLMSFTTrainer
+
+    cfg = dataclass_from_args(LLMSFTConfig, args)
+    result = LLMSFTTrainer(cfg).train()
+    print(f"pairs {result.n_pairs}  teacher return {result.teacher_return:.4f}  s/step {result.s_per_step:.3f}")
+    if result.losses:
+        print(f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}")
+    _print_evaluation(result.evaluation)
+    print(f"policy saved to {result.policy_dir}")
+    return 0
+
+
+def _run_grpo(args: argparse.Namespace) -> int:
+    from qflgym.agents.llm.common import dataclass_from_args
+    from qflgym.agents.llm.grpo_config import LLMGRPOConfig
+    from qflgym.agents.llm.grpo_trainer import LLMGRPOTrainer
+
+    cfg = dataclass_from_args(LLMGRPOConfig, args)
+    result = LLMGRPOTrainer(cfg).train()
+    print(f"states {result.n_states}  s/step {result.s_per_step:.3f}")
+    if result.rewards:
+        print(f"reward {result.rewards[0]:.4f} -> {result.rewards[-1]:.4f}")
+    _print_evaluation(result.evaluation)
+    print(f"policy saved to {result.policy_dir}")
+    return 0
+
+
+def _print_evaluation(evaluation: dict[str, dict[str, float]]) -> None:
+    for who, summary in evaluation.items():
+        keys = ("return", "final_accuracy", "rounds", "rounds_to_target", "invalid_rate")
+        text = "  ".join(f"{k} {summary[k]:.4f}" for k in keys if k in summary)
+        print(f"eval {who}: {text}")
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from qflgym.agents.evaluation import evaluate
+    from qflgym.agents.llm.common import make_env, make_teacher
+    from qflgym.agents.llm.policy import POLICY_META, LLMPolicy, load_policy
+    from qflgym.agents.sb3_training import check_env_id
+
+    if args.episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    meta: dict[str, Any] = {}
+    if args.policy:
+        meta_path = Path(args.policy) / POLICY_META
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{args.policy} is not a saved LLM policy (no {POLICY_META})")
+        meta = json.loads(meta_path.read_text())
+    env_id = args.env or meta.get("env_id")
+    if not env_id:
+        raise ValueError("--env is required with --model")
+    check_env_id(env_id)
+    env_config = meta.get("env_config") or {}
+    if args.env_config:
+        from qflgym.agents.cli import _mapping_arg
+
+        env_config = _mapping_arg(args.env_config, "--env-config")
+    env = make_env(env_id, env_config)
+    dtype = getattr(torch, args.dtype)
+    options = {"constrained": not args.free}
+    if args.policy:
+        policy = load_policy(args.policy, env, seed=args.seed, dtype=dtype, **options)
+        label = args.policy
+    else:
+        policy = LLMPolicy.from_model_name(args.model, env, seed=args.seed, **options)
+        label = args.model
+    seeds = [args.seed + i for i in range(args.episodes)]
+    rows = evaluate(env, policy, seeds, deterministic=not args.stochastic)
+    teacher_rows = []
+    if args.teacher:
+        teacher_rows = evaluate(env, make_teacher(args.teacher, env, seed=args.seed), seeds, deterministic=True)
+    env.close()
+    columns = [
+        ("return", "return", "{:.3f}"),
+        ("final_accuracy", "final acc", "{:.3f}"),
+        ("rounds", "rounds", "{:.0f}"),
+        ("rounds_to_target", "rounds→target", "{:.1f}"),
+        ("invalid_rate", "invalid", "{:.3f}"),
+        ("decision_latency_s", "s/decision", "{:.3f}"),
+    ]
+    table = Table(title=f"{label} on {env_id} ({len(seeds)} episodes, seeds {seeds[0]}..{seeds[-1]})")
+    table.add_column("controller")
+    for _, header, _ in columns:
+        table.add_column(header, justify="right")
+
+    def mean(rs: list[dict[str, float]], key: str) -> float:
+        vals = np.array([r.get(key, math.nan) for r in rs], dtype=float)
+        return float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
+
+    summary = {"llm": {k: mean(rows, k) for k, _, _ in columns}}
+    summary["llm"]["invalid_rate_total"] = policy.invalid_rate
+    if teacher_rows:
+        summary["teacher"] = {k: mean(teacher_rows, k) for k, _, _ in columns}
+    for who, values in summary.items():
+        table.add_row(who, *["–" if values[k] != values[k] else fmt.format(values[k]) for k, _, fmt in columns])
+    Console().print(table)
+    print(f"invalid rate over all decisions: {policy.invalid_rate:.4f}")
+    if args.json_path:
+        Path(args.json_path).write_text(
+            json.dumps({"rows": rows, "teacher_rows": teacher_rows, "summary": summary}, indent=2, default=str)
+        )
+    return 0
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    import time
+
+    from qflgym.agents.llm.models import load_model
+
+    start = time.perf_counter()
+    load_model(args.model, progress=True)
+    print(f"{args.model} ready ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from qflgym.agents.llm.adapters import ADAPTERS
+    from qflgym.agents.llm.models import MODELS
+
+    print("models:")
+    for name in MODELS.names():
+        print(f"  {name:14s} {MODELS.get(name).description}")
+    print("adapters:")
+    for name in ADAPTERS.names():
+        ok, why = ADAPTERS.get(name).available()
+        print(f"  {name:14s} {'available' if ok else 'unavailable: ' + why}")
+    return 0
+
+
+def _register() -> None:
+    try:
+        from qflgym.agents.cli import COMMANDS, Command
+    except ImportError:
+        return
+    if "llm" not in COMMANDS:
+        COMMANDS.add(
+            "llm",
+            Command(
+                "llm",
+                "LLM policies: distil (sft), RL fine-tune (grpo), evaluate (eval), prepare models",
+                configure,
+                None,
+                __doc__.split("\n\n")[0] if __doc__ else None,
+            ),
+        )
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``qflgym llm ...`` directly (``python -m qflgym.agents.llm.cli sft ...``)."""
+    from qflgym.agents.cli import main as qflgym_main
+
+    return qflgym_main(["llm", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Speed of the LLM policy on CPU: decision latency, SFT and GRPO seconds per step, invalid-output rate.
+
+Usage::
+
+    python benchmarks/llm_speed.py                       # Gemma-3 270M, full measurement
+    python benchmarks/llm_speed.py --quick --json out.json
+    python benchmarks/llm_speed.py --model tiny --quick  # the pipeline in seconds
+
+What is measured (on ``QFL/ClientSelection-v0`` unless ``--env`` says otherwise):
+
+* ``load_s``: loading the model from the converted cache (``qflgym llm prepare`` converts it once; a first run
+  converts here and says so).
+* Prompts as in ``configs/llm/`` (1 decimal, no grammar reminder line; ``--decimals``/``--hint`` change it).
+* ``decision_latency_s``: median seconds of one ``LLMPolicy.predict`` on one observation (grammar-constrained,
+  greedy, KV cache), over the decisions of a short episode; ``batched_latency_s``: seconds per decision when 4
+  observations are decoded together (a 4-env ``VecEnv``).
+* ``sft_s_per_step``: median seconds per TRL ``SFTTrainer`` step (LoRA r=8 on q/k/v/o, 4 pairs per step) on pairs
+  recorded from the ``loss-greedy`` teacher.
+* ``grpo_s_per_step``: median seconds per TRL ``GRPOTrainer`` step (4 completions of one prompt, constrained
+  sampling, env reward by state restore).
+* ``invalid_rate``: fraction of invalid completions over the latency decisions (``--policy`` measures a trained
+  policy; the default is the untrained base model, whose constrained output is still always parseable).
+
+Targets (issue 5): decision latency <= 0.5 s; GRPO <= 5 s per step (before: ~10 s for 4 x 32 tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def measure_latency(args: argparse.Namespace, results: dict) -> None:
+    import numpy as np
+    import torch
+
+    from qflgym.agents.llm.codec import CodecConfig, TextCodec
+    from qflgym.agents.llm.common import make_env
+    from qflgym.agents.llm.models import gemma_checkpoint_dir, load_model
+    from qflgym.agents.llm.policy import LLMPolicy, load_policy
+
+    env = make_env(args.env)
+    dtype = getattr(torch, args.dtype)
+    if args.model == "gemma3-270m" and not (gemma_checkpoint_dir() / "CONVERTED").exists():
+        print("note: converting Gemma-3 270M once (about a minute); later runs load the cache", file=sys.stderr)
+    start = time.perf_counter()
+    if args.policy:
+        policy = load_policy(args.policy, env, dtype=dtype)
+    else:
+        model, tokenizer = load_model(args.model, dtype=dtype)
+        codec = TextCodec.from_env(env, CodecConfig(decimals=args.decimals, format_hint=args.hint))
+        policy = LLMPolicy(model, tokenizer, codec)
+    results["load_s"] = time.perf_counter() - start
+    obs, _ = env.reset(seed=args.seed)
+    observations = []
+    times = []
+    policy.predict(obs, deterministic=True)  # warm-up: grammar tables, first-call overheads
+    policy.reset_stats()
+    for _ in range(args.decisions):
+        observations.append(obs)
+        t = time.perf_counter()
+        action, _ = policy.predict(obs, deterministic=True)
+        times.append(time.perf_counter() - t)
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            obs, _ = env.reset()
+    results["decision_latency_s"] = _median(times)
+    results["decision_latency_mean_s"] = float(np.mean(times))
+    results["invalid_rate"] = policy.invalid_rate
+    results["example_completion"] = policy.last_completions[0]
+    batch = np.stack((observations * 4)[:4])
+    t = time.perf_counter()
+    policy.predict(batch, deterministic=True)
+    results["batched_latency_s"] = (time.perf_counter() - t) / len(batch)
+    results["prompt_tokens"] = len(policy.tokenizer(policy.codec.prompt(observations[0])).input_ids)
+    env.close()
+
+
+def measure_sft(args: argparse.Namespace, results: dict, out: Path) -> None:
+    from qflgym.agents.llm.sft_config import LLMSFTConfig
+    from qflgym.agents.llm.sft_trainer import LLMSFTTrainer
+
+    cfg = LLMSFTConfig(
+        env_id=args.env,
+        teacher="loss-greedy",
+        episodes=1,
+        model=args.model,
+        max_steps=args.train_steps,
+        batch_size=4,
+        decimals=args.decimals,
+        format_hint=args.hint,
+        torch_threads=args.torch_threads,
+        logging_steps=1,
+        out=str(out),
+        run_name="sft",
+        progress=False,
+    )
+    result = LLMSFTTrainer(cfg, argv=sys.argv).train()
+    results["sft_s_per_step"] = result.s_per_step
+    results["sft_loss_first_last"] = [result.losses[0], result.losses[-1]] if result.losses else []
+    results["sft_policy"] = str(result.policy_dir)
+
+
+def measure_grpo(args: argparse.Namespace, results: dict, out: Path) -> None:
+    from qflgym.agents.llm.grpo_config import LLMGRPOConfig
+    from qflgym.agents.llm.grpo_trainer import LLMGRPOTrainer
+
+    cfg = LLMGRPOConfig(
+        env_id=args.env,
+        init_policy=results.get("sft_policy"),
+        model=args.model,
+        state_policy="loss-greedy",
+        episodes=1,
+        max_steps=args.train_steps,
+        num_generations=4,
+        decimals=args.decimals,
+        format_hint=args.hint,
+        torch_threads=args.torch_threads,
+        logging_steps=1,
+        out=str(out),
+        run_name="grpo",
+        progress=False,
+    )
+    result = LLMGRPOTrainer(cfg, argv=sys.argv).train()
+    results["grpo_s_per_step"] = result.s_per_step
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="gemma3-270m", help="gemma3-270m (default), tiny, or a checkpoint dir")
+    parser.add_argument("--policy", help="a saved policy directory to time instead of the base model")
+    parser.add_argument("--env", default="QFL/ClientSelection-v0", help="env id (default QFL/ClientSelection-v0)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="inference dtype")
+    parser.add_argument("--decimals", type=int, default=1, help="prompt decimals (default 1, as configs/llm/)")
+    parser.add_argument("--hint", action="store_true", help="keep the grammar reminder line in prompts")
+    parser.add_argument("--seed", type=int, default=100_000, help="reset seed of the latency episode")
+    parser.add_argument("--quick", action="store_true", help="fewer decisions and steps (< 3 min with the cache)")
+    parser.add_argument("--skip-training", action="store_true", help="only load time and decision latency")
+    parser.add_argument("--torch-threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--json", dest="json_path", help="write the figures as JSON to this path")
+    args = parser.parse_args(argv)
+    args.decisions = 5 if args.quick else 20
+    args.train_steps = 3 if args.quick else 8
+
+    import torch
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    results: dict = {"model": args.model, "env": args.env, "dtype": args.dtype, "threads": torch.get_num_threads()}
+    start = time.perf_counter()
+    measure_latency(args, results)
+    if not args.skip_training:
+        with tempfile.TemporaryDirectory(prefix="llm_speed_") as tmp:
+            measure_sft(args, results, Path(tmp))
+            measure_grpo(args, results, Path(tmp))
+    results.pop("sft_policy", None)
+    results["total_s"] = time.perf_counter() - start
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"LLM policy speed: {args.model} ({args.dtype}, {results['threads']} threads) on {args.env}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("target", justify="right")
+    rows = [
+        ("load from cache (s)", "load_s", ""),
+        ("prompt tokens", "prompt_tokens", ""),
+        ("decision latency, median (s)", "decision_latency_s", "<= 0.5"),
+        ("decision latency, batch of 4 (s/decision)", "batched_latency_s", ""),
+        ("SFT (s/step)", "sft_s_per_step", ""),
+        ("GRPO (s/step)", "grpo_s_per_step", "<= 5"),
+        ("invalid rate", "invalid_rate", "< 0.01"),
+    ]
+    for label, key, target in rows:
+        value = results.get(key)
+        text = "–" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
+        table.add_row(label, text, target)
+    Console().print(table)
+    print(f"example completion: {results.get('example_completion')!r}  (total {results['total_s']:.0f} s)")
+    if args.json_path:
+        keys = ("decision_latency_s", "sft_s_per_step", "grpo_s_per_step", "invalid_rate")
+        payload = {k: results.get(k) for k in keys} | {"details": results}
+        Path(args.json_path).write_text(json.dumps(payload, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

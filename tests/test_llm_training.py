@@ -1,0 +1,189 @@
+"""LLM distillation (SFT), GRPO in the env loop, the CLI and the benchmark harness (tiny model only)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from qflgym.agents.llm.codec import TextCodec
+from qflgym.agents.llm.common import make_env
+from qflgym.agents.llm.grpo_config import LLMGRPOConfig
+from qflgym.agents.llm.grpo_trainer import LLMGRPOTrainer, StateBank, get_env_reward, get_format_reward
+from qflgym.agents.llm.models import load_model
+from qflgym.agents.llm.sft_config import LLMSFTConfig
+from qflgym.agents.llm.sft_trainer import completion_loss
+
+ENV = "QFL/ClientSelection-Tiny-v0"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_torch_thread():
+    """The tiny model's matrices are too small for two threads; one is faster, and far faster on a busy machine."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory):
+    """One distillation run through the CLI: ``qflgym llm sft`` (loss-greedy teacher, tiny model)."""
+    from qflgym.agents.cli import main
+
+    out = tmp_path_factory.mktemp("llm")
+    status = main(
+        [
+            "llm", "sft", "--env-id", ENV, "--teacher", "loss-greedy", "--episodes", "3", "--max-steps", "30",
+            "--batch-size", "4", "--learning-rate", "5e-3", "--logging-steps", "5", "--out", str(out),
+            "--run-name", "sft-test", "--progress", "false",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    return out / "sft" / "sft-test"
+
+
+def test_sft_lowers_loss_on_a_fixed_batch(sft_run):
+    from qflgym.agents.llm.policy import load_policy
+
+    for name in ("config.yaml", "command.txt", "versions.json", "data.jsonl", "metrics.json"):
+        assert (sft_run / name).is_file(), name
+    config = yaml.safe_load((sft_run / "config.yaml").read_text())
+    assert config["teacher"] == "loss-greedy" and config["max_steps"] == 30
+    command = (sft_run / "command.txt").read_text()
+    assert "qflgym llm sft --env-id QFL/ClientSelection-Tiny-v0" in command and "--max-steps 30" in command
+    pairs = [json.loads(line) for line in (sft_run / "data.jsonl").read_text().splitlines()][:8]
+    assert all(p["completion"].startswith(" select ") for p in pairs)
+    base, tok = load_model("tiny", seed=0)
+    env = make_env(ENV)
+    tuned = load_policy(sft_run / "policy", env)
+    before = completion_loss(base, tok, pairs)
+    after = completion_loss(tuned.model, tok, pairs)
+    assert after < 0.9 * before, (before, after)
+    metrics = json.loads((sft_run / "metrics.json").read_text())
+    assert metrics["steps"] == 30 and metrics["s_per_step"] > 0
+    assert metrics["losses"][-1] < metrics["losses"][0]
+    env.close()
+
+
+def test_env_reward_is_the_env_reward_of_the_parsed_action():
+    env = make_env(ENV)
+    reference = make_env(ENV)
+    obs, _ = env.reset(seed=3)
+    codec = TextCodec.from_env(env)
+    bank = StateBank()
+    bank.add(env.unwrapped.get_state(), obs, 0)
+    decision = codec.parse(" select 0 2").decision
+    action = codec.action_codec.encode(decision)
+
+    def env_step_rewards(n_rounds: int, act) -> float:
+        reference.reset(seed=0)
+        reference.unwrapped.set_state(bank.states[0])
+        total = 0.0
+        for _ in range(n_rounds):
+            _, r, terminated, _, _ = reference.unwrapped.step(act)
+            total += float(r)
+            if terminated:
+                break
+        return total
+
+    expected = env_step_rewards(1, action)
+    reward = get_env_reward(env, codec, bank)
+    assert reward(["p"], [" select 0 2"], state_id=[0]) == [expected]
+    assert reward(["p", "p"], [" select 0 2", " select 0 2"], state_id=[0, 0]) == [expected, expected]
+    other = reward(["p"], [" select 1 3"], state_id=[0])[0]
+    assert other == env_step_rewards(1, codec.action_codec.encode(codec.parse(" select 1 3").decision))
+    assert other != expected
+    # several rounds ahead: the decision repeated, rewards summed
+    two = get_env_reward(env, codec, bank, horizon=2)
+    assert two(["p"], [" select 0 2"], state_id=[0]) == [pytest.approx(env_step_rewards(2, action))]
+    # invalid output: the fallback's env reward plus a format penalty
+    fallback_action = codec.action_codec.encode(codec.fallback(obs))
+    assert reward(["p"], ["garbage"], state_id=[0]) == [env_step_rewards(1, fallback_action)]
+    fmt = get_format_reward(codec)
+    assert fmt(["p", "p"], [" select 0 2", "garbage"]) == [0.0, -1.0]
+    env.close()
+    reference.close()
+
+
+def test_grpo_step_runs_and_saves_a_loadable_policy(tmp_path, sft_run):
+    cfg = LLMGRPOConfig(
+        env_id=ENV,
+        init_policy=str(sft_run / "policy"),
+        state_policy="random-k",
+        episodes=1,
+        max_steps=2,
+        num_generations=4,
+        out=str(tmp_path),
+        run_name="grpo-test",
+        progress=False,
+        logging_steps=1,
+    )
+    result = LLMGRPOTrainer(cfg, argv=["qflgym", "llm", "grpo"]).train()
+    assert result.n_states > 0 and np.isfinite(result.s_per_step)
+    assert len(result.rewards) == 2
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 2
+    assert any("rewards/env_reward/mean" in e for e in metrics["log_history"])
+    meta = json.loads((result.policy_dir / "qflgym_llm.json").read_text())
+    assert meta["trainer"] == "grpo" and meta["model"] == "tiny" and meta["teacher"] == "loss-greedy"
+    from qflgym.agents.cli import main
+
+    assert main(["llm", "eval", "--policy", str(result.policy_dir), "--episodes", "1",
+                 "--json", str(tmp_path / "eval.json")]) == 0  # fmt: skip
+    summary = json.loads((tmp_path / "eval.json").read_text())["summary"]["llm"]
+    assert summary["invalid_rate"] == 0.0
+
+
+def test_llm_policy_runs_inside_bench(tmp_path, sft_run):
+    from qflgym.agents.benchmark import load_suite, run_suite
+
+    suite = {
+        "name": "llm-tiny",
+        "seeds": [1000],
+        "envs": [{"id": ENV, "label": "selection-tiny"}],
+        "controllers": [
+            {"name": "llm-sft", "controller": "llm", "kwargs": {"path": str(sft_run / "policy")}},
+            {"name": "random-k"},
+        ],
+        "executor": {"kind": "serial"},
+    }
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    out = run_suite(load_suite(path), tmp_path / "bench", progress=False)
+    rows = pd.read_csv(out.results_csv)
+    assert set(rows["controller"]) == {"llm-sft", "random-k"}
+    llm = rows[rows["controller"] == "llm-sft"]
+    assert (llm["invalid_rate"] == 0.0).all() and (llm["rounds"] > 0).all()
+    assert Path(out.results_md).is_file()
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    from qflgym.agents.cli import main
+
+    assert main(["llm", "eval", "--policy", str(tmp_path)]) == 2
+    assert "not a saved LLM policy" in capsys.readouterr().err
+    assert main(["llm", "sft", "--episodes", "0"]) == 2
+    assert "episodes must be >= 1" in capsys.readouterr().err
+    assert main(["llm", "sft", "--adapter", "qlora", "--out", str(tmp_path)]) == 2
+    assert "qlora" in capsys.readouterr().err
+
+
+def test_configs_validate():
+    with pytest.raises(ValueError, match="num_generations"):
+        LLMGRPOConfig(num_generations=1)
+    with pytest.raises(ValueError, match="gamma"):
+        LLMGRPOConfig(gamma=0.0)
+    with pytest.raises(ValueError, match=r"r must be"):
+        LLMSFTConfig(lora_r=0)
+    trl_cfg = LLMSFTConfig().to_trl("/tmp/x")
+    assert trl_cfg.use_cpu and not trl_cfg.bf16
