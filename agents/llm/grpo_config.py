@@ -67,7 +67,7 @@ class LLMGRPOConfig:
     eval_episodes: int = field(default=0, metadata=_help("evaluate on N unseen seeds after training"))
     eval_seed: int = field(default=10_000, metadata=_help("first evaluation seed"))
     logging_steps: int = field(default=5, metadata=_help("log every N steps"))
-    torch_threads: int | None = field(default=None, metadata=_help("torch.set_num_threads"))
+    torch_threads: int | None = field(default=None, metadata=_help("torch threads (default: every core)"))
     decimals: int = field(default=2, metadata=_help("prompt decimals (fresh start; else the policy's)"))
     lr_digits: int | None = field(default=4, metadata=_help("lr digits in completions (fresh start)"))
     format_hint: bool = field(default=True, metadata=_help("grammar reminder line in prompts (fresh start)"))

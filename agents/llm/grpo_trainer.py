@@ -275,8 +275,7 @@ class LLMGRPOTrainer:
         from trl import GRPOTrainer
 
         cfg = self.config
-        if cfg.torch_threads:
-            torch.set_num_threads(cfg.torch_threads)
+        torch.set_num_threads(cfg.torch_threads or os.cpu_count() or 1)
         torch.manual_seed(cfg.seed)
         run_dir = prepare_run_dir(cfg.out, "grpo", cfg, cfg.run_name, self.argv)
         model, tokenizer, codec_config, model_name, adapter_name = self.build_model()

@@ -57,7 +57,7 @@ class LLMSFTConfig:
     eval_episodes: int = field(default=0, metadata=_help("evaluate policy and teacher on N unseen seeds after"))
     eval_seed: int = field(default=10_000, metadata=_help("first evaluation seed (disjoint from training)"))
     logging_steps: int = field(default=10, metadata=_help("log the loss every N steps"))
-    torch_threads: int | None = field(default=None, metadata=_help("torch.set_num_threads (default: torch's)"))
+    torch_threads: int | None = field(default=None, metadata=_help("torch threads (default: every core)"))
     out: str = field(default="runs/llm", metadata=_help("parent folder of the run directory"))
     run_name: str | None = field(default=None, metadata=_help("run directory name (default: generated)"))
     progress: bool = field(default=True, metadata=_help("show progress bars"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,8 +134,7 @@ class LLMSFTTrainer:
         from trl import SFTTrainer
 
         cfg = self.config
-        if cfg.torch_threads:
-            torch.set_num_threads(cfg.torch_threads)
+        torch.set_num_threads(cfg.torch_threads or os.cpu_count() or 1)
         adapter = resolve_adapter(cfg.adapter)
         self.run_dir = run_dir = prepare_run_dir(cfg.out, "sft", cfg, cfg.run_name, self.argv)
         records, returns, codec = self.collect()
