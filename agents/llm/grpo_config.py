@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from qflgym.agents.llm.adapters import AdapterConfig
-from qflgym.agents.llm.codec import CodecConfig
+from qflgym.agents.llm.run_config import LLMRunMixin
 
 __all__ = ["LLMGRPOConfig"]
 
@@ -16,7 +15,7 @@ def _help(text: str) -> Any:
 
 
 @dataclass
-class LLMGRPOConfig:
+class LLMGRPOConfig(LLMRunMixin):
     """Everything that defines a GRPO run; each field is also a ``qflgym llm grpo`` option.
 
     Prompts are env states visited by ``state_policy``; a sampled completion is parsed into an action, the env is
@@ -96,31 +95,12 @@ class LLMGRPOConfig:
         self.adapter_config()
         self.codec_config()
 
-    def adapter_config(self) -> AdapterConfig:
-        """Adapter hyperparameters for a fresh start."""
-        return AdapterConfig(
-            name=self.adapter,
-            r=self.lora_r,
-            alpha=self.lora_alpha,
-            dropout=self.lora_dropout,
-            target_modules=self.target_modules,
-        )
-
-    def codec_config(self) -> CodecConfig:
-        """Prompt/grammar options for a fresh start (a saved policy brings its own)."""
-        return CodecConfig(
-            decimals=self.decimals,
-            lr_digits=self.lr_digits,
-            format_hint=self.format_hint,
-            client_scale=self.client_scale,
-        )
-
     def to_trl(self, output_dir: str, max_completion_length: int) -> Any:
         """The TRL ``GRPOConfig`` (CPU-safe settings fixed)."""
         from trl import GRPOConfig
 
         return GRPOConfig(
-            output_dir=output_dir,
+            **self.cpu_trainer_args(output_dir),
             max_steps=self.max_steps,
             per_device_train_batch_size=self.num_generations * self.prompts_per_step,
             num_generations=self.num_generations,
@@ -129,14 +109,5 @@ class LLMGRPOConfig:
             temperature=self.temperature,
             max_completion_length=max_completion_length,
             reward_weights=[self.env_reward_weight, self.format_weight],
-            logging_steps=self.logging_steps,
-            seed=self.seed,
-            use_cpu=True,
-            bf16=False,
-            activation_checkpointing=False,
-            save_strategy="no",
-            report_to="none",
-            dataloader_pin_memory=False,
-            disable_tqdm=not self.progress,
             shuffle_dataset=True,
         )

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from qflgym.agents.llm.adapters import AdapterConfig
-from qflgym.agents.llm.codec import CodecConfig
+from qflgym.agents.llm.run_config import LLMRunMixin
 
 __all__ = ["LLMSFTConfig"]
 
@@ -16,7 +15,7 @@ def _help(text: str, **extra: Any) -> Any:
 
 
 @dataclass
-class LLMSFTConfig:
+class LLMSFTConfig(LLMRunMixin):
     """Everything that defines a distillation run; each field is also a ``qflgym llm sft`` option.
 
     The TRL-specific settings that must hold on CPU (``use_cpu``, ``bf16=False``, no checkpointing, no
@@ -83,31 +82,12 @@ class LLMSFTConfig:
         self.adapter_config()  # validates r / dropout
         self.codec_config()  # validates decimals / lr_digits
 
-    def adapter_config(self) -> AdapterConfig:
-        """The adapter hyperparameters."""
-        return AdapterConfig(
-            name=self.adapter,
-            r=self.lora_r,
-            alpha=self.lora_alpha,
-            dropout=self.lora_dropout,
-            target_modules=self.target_modules,
-        )
-
-    def codec_config(self) -> CodecConfig:
-        """The prompt/grammar options (saved with the policy)."""
-        return CodecConfig(
-            decimals=self.decimals,
-            lr_digits=self.lr_digits,
-            format_hint=self.format_hint,
-            client_scale=self.client_scale,
-        )
-
     def to_trl(self, output_dir: str) -> Any:
         """The TRL ``SFTConfig`` (CPU-safe settings fixed: ``use_cpu``, ``bf16=False``, no saving/reporting)."""
         from trl import SFTConfig
 
         return SFTConfig(
-            output_dir=output_dir,
+            **self.cpu_trainer_args(output_dir),
             max_steps=self.max_steps,
             num_train_epochs=self.epochs,
             per_device_train_batch_size=self.batch_size,
@@ -115,15 +95,6 @@ class LLMSFTConfig:
             learning_rate=self.learning_rate,
             warmup_steps=self.warmup_ratio,
             lr_scheduler_type="linear",
-            logging_steps=self.logging_steps,
             max_length=self.max_length,
             completion_only_loss=True,
-            seed=self.seed,
-            use_cpu=True,
-            bf16=False,
-            activation_checkpointing=False,
-            save_strategy="no",
-            report_to="none",
-            dataloader_pin_memory=False,
-            disable_tqdm=not self.progress,
         )

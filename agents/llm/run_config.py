@@ -1,0 +1,65 @@
+"""What ``qflgym llm sft`` and ``qflgym llm grpo`` configs share: adapter and codec options, CPU-safe TRL flags."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qflgym.agents.llm.adapters import AdapterConfig
+from qflgym.agents.llm.codec import CodecConfig
+
+__all__ = ["LLMRunMixin"]
+
+
+class LLMRunMixin:
+    """Methods of the LLM run configs built from their common fields.
+
+    The dataclass using it declares ``adapter, lora_r, lora_alpha, lora_dropout, target_modules, decimals,
+    lr_digits, format_hint, client_scale, logging_steps, seed, progress``.
+    """
+
+    adapter: str
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    target_modules: list[str] | None
+    decimals: int
+    lr_digits: int | None
+    format_hint: bool
+    client_scale: str
+    logging_steps: int
+    seed: int
+    progress: bool
+
+    def adapter_config(self) -> AdapterConfig:
+        """The adapter hyperparameters (for a fresh adapter)."""
+        return AdapterConfig(
+            name=self.adapter,
+            r=self.lora_r,
+            alpha=self.lora_alpha,
+            dropout=self.lora_dropout,
+            target_modules=self.target_modules,
+        )
+
+    def codec_config(self) -> CodecConfig:
+        """The prompt/grammar options (saved with the policy; a loaded policy brings its own)."""
+        return CodecConfig(
+            decimals=self.decimals,
+            lr_digits=self.lr_digits,
+            format_hint=self.format_hint,
+            client_scale=self.client_scale,
+        )
+
+    def cpu_trainer_args(self, output_dir: str) -> dict[str, Any]:
+        """TRL trainer arguments every run sets: the CPU-safe flags of ``shared/STACK.md``, logging and seed."""
+        return {
+            "output_dir": output_dir,
+            "logging_steps": self.logging_steps,
+            "seed": self.seed,
+            "use_cpu": True,
+            "bf16": False,
+            "activation_checkpointing": False,
+            "save_strategy": "no",
+            "report_to": "none",
+            "dataloader_pin_memory": False,
+            "disable_tqdm": not self.progress,
+        }
