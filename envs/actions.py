@@ -19,6 +19,7 @@ Actions outside the space raise a :class:`ValueError` that names the space.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,7 +109,7 @@ def _integral(a: np.ndarray, action: Any, space: spaces.Space) -> np.ndarray:
     raise _invalid(action, space, f"expected integer values, got dtype {a.dtype}")
 
 
-class ActionCodec:
+class ActionCodec(ABC):
     """Maps between one env's action space and :class:`ControlDecision`.
 
     Attributes:
@@ -121,25 +122,25 @@ class ActionCodec:
     n_clients: int
     controls: frozenset[str]
 
+    @abstractmethod
     def decode(self, action: Any) -> ControlDecision:
         """Validate ``action`` and return the decision it encodes.
 
         Raises:
             ValueError: If ``action`` is not in :attr:`space` (the message names the space).
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def encode(self, decision: ControlDecision) -> Any:
         """Return the action that encodes ``decision`` (fields the env does not control are ignored)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def mask(self, available: np.ndarray) -> np.ndarray:
         """Action mask in sb3-contrib's format, given the clients available this round.
 
         Discrete components give one entry per choice (``MultiBinary``: ``[can be 0, can be 1]`` per client,
         flattened); ``Box`` components give one entry per dimension.
         """
-        raise NotImplementedError
 
 
 class SelectionCodec(ActionCodec):

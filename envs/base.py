@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -49,7 +50,7 @@ def merge_presets(config: Mapping[str, Any], *names: str) -> dict[str, Any]:
     return merged
 
 
-class QFLEnv(gym.Env):
+class QFLEnv(gym.Env, ABC):
     """Base class of the QFL envs (not registered itself); see the subclasses for the Markdown docs.
 
     Args:
@@ -131,9 +132,9 @@ class QFLEnv(gym.Env):
         self._history: list[RoundRecord] = []
 
     # ------------------------------------------------------------------------------------------ subclass hook
+    @abstractmethod
     def _make_codec(self) -> ActionCodec:
         """Build the env's action codec (what the controller decides)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------------ reset
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
