@@ -12,10 +12,13 @@ What is measured (on ``QFL/ClientSelection-v0`` unless ``--env`` says otherwise)
   converts here and says so).
 * Prompts as in ``configs/llm/`` (1 decimal, no grammar reminder line; ``--decimals``/``--hint`` change it).
 * ``decision_latency_s``: median seconds of one ``LLMPolicy.predict`` on one observation (grammar-constrained,
-  greedy, KV cache), over the decisions of a short episode; ``batched_latency_s``: seconds per decision when 4
-  observations are decoded together (a 4-env ``VecEnv``).
-* ``sft_s_per_step``: median seconds per TRL ``SFTTrainer`` step (LoRA r=8 on q/k/v/o, 4 pairs per step) on pairs
-  recorded from the ``loss-greedy`` teacher.
+  greedy, KV cache, drafts verified in the same pass; a ``--policy`` is loaded with its LoRA weights merged),
+  over the decisions of a short episode; ``decision_latency_cold_s``: the same states with the policy's last
+  completion forgotten before each (drafts from the grammar only: a policy that never repeats itself);
+  ``decision_latency_sampled_s``: the same states, sampled (temperature 1); ``batched_latency_s``: seconds per
+  decision when 4 observations are decoded together (a 4-env ``VecEnv``).
+* ``sft_s_per_step``: median seconds per TRL ``SFTTrainer`` step (LoRA r=8 on q/k/v/o, 4 pairs per step, base
+  weights in ``--dtype``) on pairs recorded from the ``loss-greedy`` teacher.
 * ``grpo_s_per_step``: median seconds per TRL ``GRPOTrainer`` step (4 completions of one prompt, constrained
   sampling, env reward by state restore).
 * ``invalid_rate``: fraction of invalid completions over the latency decisions (``--policy`` measures a trained
@@ -81,6 +84,19 @@ def measure_latency(args: argparse.Namespace, results: dict) -> None:
     results["decision_latency_mean_s"] = float(np.mean(times))
     results["invalid_rate"] = policy.invalid_rate
     results["example_completion"] = policy.last_completions[0]
+    cold, sampled = [], []
+    for o in observations:  # the same states without drafts from the previous completion, then sampled
+        policy.reset_drafts()
+        t = time.perf_counter()
+        policy.predict(o, deterministic=True)
+        cold.append(time.perf_counter() - t)
+    for o in observations:
+        t = time.perf_counter()
+        policy.predict(o, deterministic=False)
+        sampled.append(time.perf_counter() - t)
+    results["decision_latency_cold_s"] = _median(cold)
+    results["decision_latency_sampled_s"] = _median(sampled)
+    results["sampled_completion"] = policy.last_completions[0]
     batch = np.stack((observations * 4)[:4])
     t = time.perf_counter()
     policy.predict(batch, deterministic=True)
@@ -102,6 +118,7 @@ def measure_sft(args: argparse.Namespace, results: dict, out: Path) -> None:
         batch_size=4,
         decimals=args.decimals,
         format_hint=args.hint,
+        dtype=args.dtype,
         torch_threads=args.torch_threads,
         logging_steps=1,
         out=str(out),
@@ -128,6 +145,7 @@ def measure_grpo(args: argparse.Namespace, results: dict, out: Path) -> None:
         num_generations=4,
         decimals=args.decimals,
         format_hint=args.hint,
+        dtype=args.dtype,
         torch_threads=args.torch_threads,
         logging_steps=1,
         out=str(out),
@@ -143,7 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="gemma3-270m", help="gemma3-270m (default), tiny, or a checkpoint dir")
     parser.add_argument("--policy", help="a saved policy directory to time instead of the base model")
     parser.add_argument("--env", default="QFL/ClientSelection-v0", help="env id (default QFL/ClientSelection-v0)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="inference dtype")
+    parser.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=("float32", "bfloat16"),
+        help="model dtype for decisions and the base weights in SFT/GRPO (default bfloat16, as configs/llm/)",
+    )
     parser.add_argument("--decimals", type=int, default=1, help="prompt decimals (default 1, as configs/llm/)")
     parser.add_argument("--hint", action="store_true", help="keep the grammar reminder line in prompts")
     parser.add_argument("--seed", type=int, default=100_000, help="reset seed of the latency episode")
@@ -180,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         ("load from cache (s)", "load_s", ""),
         ("prompt tokens", "prompt_tokens", ""),
         ("decision latency, median (s)", "decision_latency_s", "<= 0.5"),
+        ("  same states, no draft from the last decision (s)", "decision_latency_cold_s", ""),
+        ("  same states, sampled (s)", "decision_latency_sampled_s", ""),
         ("decision latency, batch of 4 (s/decision)", "batched_latency_s", ""),
         ("SFT (s/step)", "sft_s_per_step", ""),
         ("GRPO (s/step)", "grpo_s_per_step", "<= 5"),
@@ -190,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         text = "–" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
         table.add_row(label, text, target)
     Console().print(table)
-    print(f"example completion: {results.get('example_completion')!r}  (total {results['total_s']:.0f} s)")
+    print(
+        f"example completions: greedy {results.get('example_completion')!r}, sampled "
+        f"{results.get('sampled_completion')!r}  (total {results['total_s']:.0f} s)"
+    )
     if args.json_path:
         keys = ("decision_latency_s", "sft_s_per_step", "grpo_s_per_step", "invalid_rate")
         payload = {k: results.get(k) for k in keys} | {"details": results}

@@ -84,10 +84,14 @@ def test_adapter_save_load_identical_outputs(tmp_path, full_env):
     with torch.no_grad():
         before = model(ids).logits
     path = save_policy(tmp_path / "policy", model, model_name="tiny", adapter_name="lora", codec_config=codec.config)
-    policy = load_policy(path, full_env, seed=0)
+    policy = load_policy(path, full_env, seed=0, merge=False)
     with torch.no_grad():
         after = policy.model(ids).logits
     torch.testing.assert_close(before, after, rtol=0, atol=0)
+    merged = load_policy(path, full_env, seed=0)  # LoRA folded into the weights: no adapter modules left
+    assert not any("lora" in name for name, _ in merged.model.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(merged.model(ids).logits, after, rtol=1e-5, atol=1e-5)
     fresh, _ = load_model("tiny", seed=0)
     with torch.no_grad():
         assert not torch.allclose(fresh(ids).logits, after)  # the adapter matters
@@ -136,6 +140,19 @@ def test_policy_constrained_decoding_matches_reference_and_is_valid(env_id):
     assert state is None and actions.shape[0] == 4
     batched = list(policy.last_completions)
     assert batched == [_reference_greedy(policy, codec_prompt) for codec_prompt in policy.codec.prompts(obs)]
+    stepwise = LLMPolicy(model, tok, codec, seed=0, lookahead=0)  # one token per pass, no drafts
+    stepwise.predict(obs, deterministic=True)
+    assert stepwise.last_completions == batched
+    assert policy.forward_passes < stepwise.forward_passes  # drafts were verified in fewer passes
+    for row in (2, 0, 2, 2):  # changed or repeated observations: drafts from the last completion
+        before = policy.forward_passes
+        again, _ = policy.predict(obs[row], deterministic=True)
+        np.testing.assert_array_equal(again, actions[row])
+        assert policy.last_completions == [batched[row]]
+    ids, _ = policy.generate_ids(policy.codec.prompts(obs[2:3]))  # the same completion's tokens
+    before, length = policy.forward_passes, len(ids[0])
+    policy.predict(obs[2], deterministic=True)
+    assert policy.forward_passes - before <= -(-length // (policy.lookahead + 1))  # drafted in full
     single, _ = policy.predict(obs[2], deterministic=True)
     np.testing.assert_array_equal(single, actions[2])
     grouped, _ = policy.predict(obs[[1, 1, 3, 1]], deterministic=True)  # shared prefill, repeated cache rows

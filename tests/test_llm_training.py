@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from qflgym.agents.llm.codec import TextCodec
@@ -27,8 +28,6 @@ ENV = "QFL/ClientSelection-Tiny-v0"
 @pytest.fixture(autouse=True, scope="module")
 def single_torch_thread():
     """The tiny model's matrices are too small for two threads; one is faster, and far faster on a busy machine."""
-    import torch
-
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -123,6 +122,7 @@ def test_grpo_step_runs_and_saves_a_loadable_policy(tmp_path, sft_run):
         episodes=1,
         max_steps=2,
         num_generations=4,
+        dtype="bfloat16",  # base weights in bf16, LoRA weights in fp32
         out=str(tmp_path),
         run_name="grpo-test",
         progress=False,
@@ -136,6 +136,11 @@ def test_grpo_step_runs_and_saves_a_loadable_policy(tmp_path, sft_run):
     assert any("rewards/env_reward/mean" in e for e in metrics["log_history"])
     meta = json.loads((result.policy_dir / "qflgym_llm.json").read_text())
     assert meta["trainer"] == "grpo" and meta["model"] == "tiny" and meta["teacher"] == "loss-greedy"
+    assert meta["dtype"] == "bfloat16"
+    from qflgym.agents.llm.policy import load_policy
+
+    loaded = load_policy(result.policy_dir, make_env(ENV))  # the training dtype, LoRA merged
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
     from qflgym.agents.cli import main
 
     assert main(["llm", "eval", "--policy", str(result.policy_dir), "--episodes", "1",
@@ -185,5 +190,16 @@ def test_configs_validate():
         LLMGRPOConfig(gamma=0.0)
     with pytest.raises(ValueError, match=r"r must be"):
         LLMSFTConfig(lora_r=0)
+    with pytest.raises(ValueError, match=r"dtype must be one of float32, bfloat16, float16, got 'fp8'"):
+        LLMSFTConfig(dtype="fp8")
     trl_cfg = LLMSFTConfig().to_trl("/tmp/x")
     assert trl_cfg.use_cpu and not trl_cfg.bf16
+
+
+def test_teacher_is_evaluated_as_it_was_distilled():
+    from qflgym.agents.llm.common import teacher_options
+
+    meta = {"teacher": "runs/ppo/x", "teacher_kwargs": {"algo": "ppo"}, "teacher_deterministic": False}
+    assert teacher_options(meta, "runs/ppo/x") == ({"algo": "ppo"}, False)
+    assert teacher_options(meta, "random-k") == ({}, True)
+    assert teacher_options({"teacher": "loss-greedy"}, "loss-greedy") == ({}, True)

@@ -33,7 +33,7 @@ def make_llm_controller(
     temperature: float = 1.0,
     max_new_tokens: int | None = None,
     batch_size: int = 16,
-    dtype: str = "float32",
+    dtype: str | None = None,
     torch_threads: int | None = None,
 ) -> Any:
     """Controller factory ``llm``: a saved LLM policy (``path``) or an untrained base ``model``.
@@ -47,7 +47,7 @@ def make_llm_controller(
         temperature: Sampling temperature for ``deterministic=False``.
         max_new_tokens: Generation budget (default: from the grammar).
         batch_size: Observations decoded together.
-        dtype: Model dtype (``float32`` or ``bfloat16``).
+        dtype: Model dtype (``float32``, ``bfloat16``; default: a saved policy's training dtype, else float32).
         torch_threads: ``torch.set_num_threads`` for this process.
     """
     import torch
@@ -60,11 +60,11 @@ def make_llm_controller(
         constrained=constrained, temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size
     )
     if path:
-        return load_policy(path, env, seed=seed or 0, dtype=getattr(torch, dtype), **options)
+        return load_policy(path, env, seed=seed or 0, dtype=dtype, **options)
     from qflgym.agents.llm.codec import TextCodec
     from qflgym.agents.llm.models import load_model
 
-    lm, tokenizer = load_model(model, seed=seed or 0, dtype=getattr(torch, dtype), progress=False)
+    lm, tokenizer = load_model(model, seed=seed or 0, dtype=dtype or "float32", progress=False)
     return LLMPolicy(lm, tokenizer, TextCodec.from_env(env), seed=seed, **options)
 
 

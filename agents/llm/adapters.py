@@ -9,9 +9,10 @@ Built in:
 
 An adapter is an object with ``name``, ``available() -> (bool, reason)``, ``base_model_kwargs()`` (extra
 ``from_pretrained`` kwargs for the base model, e.g. a quantization config), ``attach(model, config, spec)``,
-``save(model, path)`` and ``load(model, path)``. Quantum adapters (QPA, QAA) plug in by registering such an
-object — ``ADAPTERS.add("qpa", QPAAdapter())`` or the entry-point group ``qflgym.llm_adapters`` — and every
-trainer, the policy loader and the CLI pick them up by name.
+``save(model, path)``, ``load(model, path)`` and ``merge(model)`` (fold the adapter into the base weights for
+inference where that is exact enough; otherwise return the model as it is). Quantum adapters (QPA, QAA) plug in
+by registering such an object — ``ADAPTERS.add("qpa", QPAAdapter())`` or the entry-point group
+``qflgym.llm_adapters`` — and every trainer, the policy loader and the CLI pick them up by name.
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ class Adapter(Protocol):
         """Return the base ``model`` with the adapter saved at ``path``."""
         ...
 
+    def merge(self, model: Any) -> Any:
+        """Return an inference model with the adapter folded into the base weights (or ``model`` if it can't be)."""
+        ...
+
 
 ADAPTERS: Registry[Adapter] = Registry("LLM adapter", entry_point_group="qflgym.llm_adapters")
 
@@ -144,6 +149,10 @@ class LoRAAdapter:
             loaded.eval()
         return loaded
 
+    def merge(self, model: Any) -> Any:
+        """``merge_and_unload``: ``W + (alpha / r) B A`` in the base weights, a plain model without LoRA layers."""
+        return model.merge_and_unload()
+
 
 class QLoRAAdapter(LoRAAdapter):
     """LoRA on a 4-bit NF4 base model (CUDA + ``bitsandbytes`` only)."""
@@ -193,6 +202,10 @@ class QLoRAAdapter(LoRAAdapter):
         """Load the adapter onto a 4-bit base model."""
         self._check()
         return super().load(model, path, trainable)
+
+    def merge(self, model: Any) -> Any:
+        """Kept unmerged: folding LoRA into NF4 weights would requantize them."""
+        return model
 
 
 ADAPTERS.add("lora", LoRAAdapter())

@@ -53,8 +53,16 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=100_000, help="seed of the first episode (default 100000)")
     p.add_argument("--stochastic", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--free", action="store_true", help="unconstrained generation (measures raw format errors)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model dtype")
-    p.add_argument("--teacher", help="also evaluate this controller on the same seeds (name or SB3 path)")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        help="model dtype (default: the policy's training dtype, else float32)",
+    )
+    p.add_argument(
+        "--teacher",
+        help="also evaluate this controller on the same seeds (name or SB3 path; the policy's own teacher acts as "
+        "it did when distilled)",
+    )
     p.add_argument("--torch-threads", type=int, help="torch.set_num_threads (1 is faster on a busy machine)")
     p.add_argument("--json", dest="json_path", help="write the per-episode rows (and summary) as JSON")
 
@@ -141,7 +149,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from qflgym.agents.evaluation import evaluate
-    from qflgym.agents.llm.common import make_env, make_teacher
+    from qflgym.agents.llm.common import make_env, make_teacher, teacher_options
     from qflgym.agents.llm.policy import POLICY_META, LLMPolicy, load_policy
     from qflgym.agents.sb3_training import check_env_id
 
@@ -164,19 +172,20 @@ def _run_eval(args: argparse.Namespace) -> int:
 
         env_config = _mapping_arg(args.env_config, "--env-config")
     env = make_env(env_id, env_config)
-    dtype = getattr(torch, args.dtype)
     options = {"constrained": not args.free}
     if args.policy:
-        policy = load_policy(args.policy, env, seed=args.seed, dtype=dtype, **options)
+        policy = load_policy(args.policy, env, seed=args.seed, dtype=args.dtype, **options)
         label = args.policy
     else:
-        policy = LLMPolicy.from_model_name(args.model, env, seed=args.seed, **options)
+        policy = LLMPolicy.from_model_name(args.model, env, seed=args.seed, dtype=args.dtype or "float32", **options)
         label = args.model
     seeds = [args.seed + i for i in range(args.episodes)]
     rows = evaluate(env, policy, seeds, deterministic=not args.stochastic)
     teacher_rows = []
     if args.teacher:
-        teacher_rows = evaluate(env, make_teacher(args.teacher, env, seed=args.seed), seeds, deterministic=True)
+        kwargs, deterministic = teacher_options(meta, args.teacher)
+        teacher = make_teacher(args.teacher, env, seed=args.seed, kwargs=kwargs)
+        teacher_rows = evaluate(env, teacher, seeds, deterministic=deterministic)
     env.close()
     columns = [
         ("return", "return", "{:.3f}"),

@@ -46,6 +46,7 @@ __all__ = [
     "rollout",
     "seconds_per_step",
     "step_timer",
+    "teacher_options",
 ]
 
 
@@ -111,15 +112,13 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
     """Build ``cls`` from a ``--config`` file (if any) overridden by the explicit flags in ``args``."""
+    from qflgym.qfl_core.config import load_yaml
+
     values: dict[str, Any] = {}
     config_file = getattr(args, "config", None)
     if config_file:
         path = Path(config_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {path} must hold a mapping of field names to values")
+        loaded = load_yaml(path, "config")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(loaded) - names)
         if unknown:
@@ -225,6 +224,18 @@ def make_teacher(teacher: str, env: Any, seed: int = 0, kwargs: dict[str, Any] |
     if teacher.endswith(".zip") or path.exists():
         return make_controller("sb3", env, seed=seed, path=str(path), **kwargs)
     return make_controller(teacher, env, seed=seed, **kwargs)
+
+
+def teacher_options(meta: dict[str, Any], teacher: str) -> tuple[dict[str, Any], bool]:
+    """Controller kwargs and ``deterministic`` for evaluating ``teacher`` next to a saved policy.
+
+    When ``teacher`` is the one the policy was distilled from (its ``qflgym_llm.json`` metadata ``meta``), it acts
+    as it did then (e.g. an SB3 teacher sampled its actions); any other teacher gets no kwargs and acts
+    deterministically.
+    """
+    if teacher != meta.get("teacher"):
+        return {}, True
+    return dict(meta.get("teacher_kwargs") or {}), bool(meta.get("teacher_deterministic", True))
 
 
 @dataclass

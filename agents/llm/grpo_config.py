@@ -41,6 +41,9 @@ class LLMGRPOConfig(LLMRunMixin):
         metadata=_help("who visits the prompt states: a controller name, an SB3 model path, or 'self' (the policy)"),
     )
     state_policy_kwargs: dict[str, Any] = field(default_factory=dict, metadata=_help("its controller kwargs"))
+    state_deterministic: bool = field(
+        default=True, metadata=_help("the state policy acts greedily / by its mode (false: samples its actions)")
+    )
     teacher: str | None = field(default=None, metadata=_help("controller to compare with after training"))
     episodes: int = field(default=8, metadata=_help("episodes whose states become prompts"))
     seed: int = field(default=0, metadata=_help("seed of state collection (episode i: seed+i) and training"))
@@ -62,6 +65,10 @@ class LLMGRPOConfig(LLMRunMixin):
     )
     max_completion_length: int | None = field(
         default=None, metadata=_help("token budget of a completion (default: from the grammar)")
+    )
+    dtype: str = field(
+        default="float32",
+        metadata=_help("base model weights while training: float32, bfloat16 (adapter weights stay float32)"),
     )
     eval_episodes: int = field(default=0, metadata=_help("evaluate on N unseen seeds after training"))
     eval_seed: int = field(default=10_000, metadata=_help("first evaluation seed"))
@@ -92,6 +99,7 @@ class LLMGRPOConfig(LLMRunMixin):
             errors.append(f"beta must be >= 0, got {self.beta}")
         if errors:
             raise ValueError("invalid LLMGRPOConfig: " + "; ".join(errors))
+        self.torch_dtype()
         self.adapter_config()
         self.codec_config()
 

@@ -41,6 +41,7 @@ from qflgym.agents.llm.common import (
     rollout,
     seconds_per_step,
     step_timer,
+    teacher_options,
 )
 from qflgym.agents.llm.grpo_config import LLMGRPOConfig
 from qflgym.agents.llm.models import load_model, model_spec
@@ -235,13 +236,21 @@ class LLMGRPOTrainer:
             self.meta = meta
             adapter = ADAPTERS.get(meta["adapter"])
             model, tokenizer = load_model(
-                meta["model"], seed=int(meta.get("model_seed", 0)), progress=cfg.progress, **adapter.base_model_kwargs()
+                meta["model"],
+                seed=int(meta.get("model_seed", 0)),
+                dtype=cfg.torch_dtype(),
+                progress=cfg.progress,
+                **adapter.base_model_kwargs(),
             )
             model = adapter.load(model, Path(cfg.init_policy) / "adapter", trainable=True)
             return model, tokenizer, CodecConfig(**meta.get("codec", {})), meta["model"], adapter.name
         adapter = resolve_adapter(cfg.adapter)
         model, tokenizer = load_model(
-            cfg.model, seed=cfg.model_seed, progress=cfg.progress, **adapter.base_model_kwargs()
+            cfg.model,
+            seed=cfg.model_seed,
+            dtype=cfg.torch_dtype(),
+            progress=cfg.progress,
+            **adapter.base_model_kwargs(),
         )
         spec = model_spec(cfg.model)
         targets = spec.lora_target_modules if spec else ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -257,7 +266,15 @@ class LLMGRPOTrainer:
             else make_teacher(cfg.state_policy, env, seed=cfg.seed, kwargs=cfg.state_policy_kwargs)
         )
         data = rollout(
-            env, actor, codec, cfg.episodes, cfg.seed, keep_states=True, progress=cfg.progress, description="states"
+            env,
+            actor,
+            codec,
+            cfg.episodes,
+            cfg.seed,
+            keep_states=True,
+            deterministic=cfg.state_deterministic,
+            progress=cfg.progress,
+            description="states",
         )
         bank = StateBank()
         rows = []
@@ -341,7 +358,10 @@ class LLMGRPOTrainer:
                     "trainer": "grpo",
                     "init_policy": cfg.init_policy,
                     "teacher": self.meta.get("teacher"),
+                    "teacher_kwargs": self.meta.get("teacher_kwargs", {}),
+                    "teacher_deterministic": self.meta.get("teacher_deterministic", True),
                     "model_seed": int(self.meta.get("model_seed", cfg.model_seed)),
+                    "dtype": cfg.dtype,
                 },
             )
             if cfg.init_policy and (Path(cfg.init_policy) / "qflgym_adapter.json").is_file():
@@ -364,9 +384,17 @@ class LLMGRPOTrainer:
             teacher = cfg.teacher or self.meta.get("teacher") or cfg.state_policy
             if teacher == "self":
                 teacher = "random-k"
+            teacher_kwargs, teacher_deterministic = teacher_options(self.meta, teacher)
             eval_policy = LLMPolicy(model, tokenizer, codec, seed=cfg.seed)
             result.evaluation = evaluate_against_teacher(
-                cfg.env_id, cfg.env_config, eval_policy, teacher, {}, cfg.eval_episodes, cfg.eval_seed
+                cfg.env_id,
+                cfg.env_config,
+                eval_policy,
+                teacher,
+                teacher_kwargs,
+                cfg.eval_episodes,
+                cfg.eval_seed,
+                teacher_deterministic=teacher_deterministic,
             )
         (run_dir / "metrics.json").write_text(
             json.dumps(

@@ -39,6 +39,7 @@ import torch
 from qflgym.qfl_core.registry import Registry
 
 __all__ = [
+    "DTYPES",
     "MODELS",
     "LoadedModel",
     "ModelSpec",
@@ -47,6 +48,7 @@ __all__ = [
     "ensure_gemma_checkpoint",
     "gemma_checkpoint_dir",
     "load_model",
+    "resolve_dtype",
 ]
 
 GEMMA_NAME = "gemma3-270m"
@@ -282,6 +284,23 @@ MODELS.add(
 )
 
 
+#: Model dtypes by name (what configs and ``--dtype`` accept).
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: torch.dtype | str, field: str = "dtype") -> torch.dtype:
+    """The torch dtype for ``dtype`` (a name in :data:`DTYPES` or a dtype).
+
+    Raises:
+        ValueError: An unknown name (the message names ``field`` and the allowed names).
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"{field} must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
 def load_model(
     name: str,
     *,
@@ -303,8 +322,7 @@ def load_model(
     Returns:
         ``(model, tokenizer)``; the model is in eval mode and the tokenizer pads on the left.
     """
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    dtype = resolve_dtype(dtype)
     if name in MODELS:
         model, tokenizer = MODELS.get(name).loader(seed=seed, dtype=dtype, progress=progress, **model_kwargs)
     elif Path(name).is_dir():

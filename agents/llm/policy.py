@@ -5,8 +5,12 @@ completion and parses it into the env's action. Decoding is **constrained** by d
 the model body with a KV cache, where each step scores only the tokens the grammar allows next
 (:class:`~qflgym.agents.llm.grammar.TokenConstraint`) — the LM head is evaluated on those few rows instead of the
 whole vocabulary (262k rows for Gemma-3), generation stops as soon as the grammar leaves EOS as the only choice,
-and a batch of observations (one per sub-env of a ``VecEnv``) is decoded together. With ``constrained=False`` the
-policy uses ``model.generate`` and relies on the parser's fallbacks; either way ``invalid_rate`` is tracked.
+and a batch of observations (one per sub-env of a ``VecEnv``) is decoded together. Decoding one token costs a read
+of every weight, so each forward pass also feeds a **draft** of the next tokens (the grammar's only option besides
+EOS, and the continuation of the policy's last completion — prompt-lookup decoding) and keeps the longest prefix
+that step-by-step decoding would have produced: the same completions, greedy or sampled, in fewer passes. With
+``constrained=False`` the policy uses ``model.generate`` and relies on the parser's fallbacks; either way
+``invalid_rate`` is tracked.
 
 Saved policies are directories written by :func:`save_policy` (adapter weights + ``qflgym_llm.json``) and loaded
 with :func:`load_policy` / :meth:`LLMPolicy.from_pretrained`, by ``qflgym llm eval`` and by the benchmark harness
@@ -51,9 +55,11 @@ class LLMPolicy:
         temperature: Sampling temperature when ``deterministic=False``.
         batch_size: Observations decoded together.
         seed: Seed of the sampling generator.
+        lookahead: Most draft tokens fed after a chosen one in the same forward pass (see :meth:`_draft`; 0: off).
 
     Attributes:
         decision_times: Seconds per decision of every ``predict`` call (a batch's time divided by its size).
+        forward_passes: Forward passes of the model so far (constrained decoding; prefill included).
     """
 
     uses_action_masks = False
@@ -69,6 +75,7 @@ class LLMPolicy:
         temperature: float = 1.0,
         batch_size: int = 16,
         seed: int | None = 0,
+        lookahead: int = 8,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -82,6 +89,9 @@ class LLMPolicy:
         self.max_new_tokens = max_new_tokens or self._default_budget()
         self.decision_times: list[float] = []
         self._forced: tuple[list[int], Any] | None = None
+        self.lookahead = int(lookahead)
+        self.forward_passes = 0
+        self._previous: dict[int, list[int]] = {}
         self._episode = {"completions": 0, "invalid": 0}
         self._episode_times: list[float] = []
         lm = _causal_lm(model)
@@ -109,12 +119,19 @@ class LLMPolicy:
 
     @classmethod
     def from_model_name(
-        cls, name: str, env: Any, *, seed: int = 0, codec_config: CodecConfig | None = None, **kwargs: Any
+        cls,
+        name: str,
+        env: Any,
+        *,
+        seed: int = 0,
+        codec_config: CodecConfig | None = None,
+        dtype: Any = "float32",
+        **kwargs: Any,
     ) -> LLMPolicy:
         """An untrained policy from a registered model name (``tiny``, ``gemma3-270m``) or checkpoint path."""
         from qflgym.agents.llm.models import load_model
 
-        model, tokenizer = load_model(name, seed=seed)
+        model, tokenizer = load_model(name, seed=seed, dtype=dtype)
         return cls(model, tokenizer, TextCodec.from_env(env, codec_config), seed=seed, **kwargs)
 
     # --------------------------------------------------------------------------------------- generation
@@ -166,12 +183,64 @@ class LLMPolicy:
             state = nexts[0]
         return forced, state
 
+    def _draft(self, state: Any, tokens: list[int], previous: list[int]) -> list[tuple[int, Any]]:
+        """Tokens to feed after the chosen one, ahead of their verification, with the grammar state after each.
+
+        A draft token is the grammar's only option besides EOS (the space after a client id), or else the token
+        that followed the same two tokens in ``previous`` (this row's last completion: prompt-lookup decoding; a
+        controller often repeats much of its last decision). Every draft token is legal in its state; at most
+        :attr:`lookahead` of them.
+        """
+        assert self.constraint is not None
+        eos = self.constraint.eos_token_id
+        key = tokens[-2:]
+        guess: list[int] = list(previous) if not key else []
+        for i in range(len(previous) - len(key), -1, -1) if key else ():
+            if previous[i : i + len(key)] == key:
+                guess = previous[i + len(key) :]
+                break
+        draft: list[tuple[int, Any]] = []
+        current = state
+        while len(draft) < self.lookahead:
+            allowed, nexts = self.constraint.allowed(current)
+            ids = allowed.tolist()
+            options = ids[:-1] if ids and ids[-1] == eos else ids
+            if guess and guess[0] in options:
+                token = guess.pop(0)
+            elif len(options) == 1:
+                token, guess = options[0], []
+            else:
+                break
+            current = nexts[ids.index(token)]
+            draft.append((token, current))
+        return draft
+
+    def _pick(self, hidden: torch.Tensor, allowed: torch.Tensor, deterministic: bool) -> int:
+        """Index into ``allowed`` of the next token, scoring only those rows of the LM head."""
+        if allowed.numel() == 1:
+            return 0
+        logits = hidden @ self._head.weight[allowed].T
+        bias = getattr(self._head, "bias", None)
+        if bias is not None:
+            logits = logits + bias[allowed]
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        if deterministic:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits.float() / max(self.temperature, 1e-5), -1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
     @torch.inference_mode()
     def _generate_constrained(self, prompts: list[str], deterministic: bool) -> tuple[list[list[int]], list[bool]]:
-        """Grammar-constrained decoding with a KV cache (see the module docstring).
+        """Grammar-constrained decoding with a KV cache and verified drafts (see the module docstring).
 
         Identical prompts (a GRPO group) are prefilled once and their cache rows repeated; the tokens the grammar
-        forces at the start are appended to the prompts, so they cost no decoding step.
+        forces at the start are appended to the prompts, so they cost no decoding step. Each later forward pass
+        feeds the chosen token and its draft (:meth:`_draft`); the outputs are then walked in order: at each
+        position the next token is picked exactly as step-by-step decoding would pick it (argmax, or a sample,
+        over the grammar's allowed tokens), and the walk goes on while the pick equals the draft. The first pick
+        that differs is the next chosen token; the draft positions after it are masked out of the cache. Rows
+        feeding fewer tokens are right-padded with masked positions.
         """
         assert self.constraint is not None
         tok = self.tokenizer
@@ -186,19 +255,24 @@ class LLMPolicy:
             input_ids = torch.cat([input_ids, extra], dim=1)
             mask = torch.cat([mask, torch.ones_like(extra, dtype=mask.dtype)], dim=1)
         n = len(prompts)
-        finished = [False] * n
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         states = [start_state] * n
         done = [False] * n
+        finished = [False] * n
         tokens: list[list[int]] = [list(forced) for _ in range(n)]
-        weight = self._head.weight
-        bias = getattr(self._head, "bias", None)
+        drafts: list[list[tuple[int, Any]]] = [[] for _ in range(n)]
         eos = self.constraint.eos_token_id
         pad = tok.pad_token_id
+        expand = None if len(unique) == n else torch.tensor([unique.index(p) for p in prompts])
+        prompt_width = input_ids.shape[1]
+        if expand is None:  # the prefill verifies a draft of the first tokens too (a GRPO group shares its prefill)
+            drafts = [self._draft(start_state, tokens[b], self._previous.get(b, [])) for b in range(n)]
+            input_ids, mask = self._append_right(input_ids, mask, [[t for t, _ in d] for d in drafts], pad)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        next_pos = positions[:, -1] + 1
         past = None
         step_ids, step_pos = input_ids, positions
-        expand = None if len(unique) == n else torch.tensor([unique.index(p) for p in prompts])
-        for _ in range(self.max_new_tokens):
+        prefill = True
+        while True:
             out = self._body(
                 input_ids=step_ids,
                 attention_mask=mask,
@@ -206,49 +280,78 @@ class LLMPolicy:
                 past_key_values=past,
                 use_cache=True,
             )
+            self.forward_passes += 1
             past = out.past_key_values
-            hidden = out.last_hidden_state[:, -1]
+            hidden = out.last_hidden_state
+            if prefill:  # from the prompt's last position on (the draft's positions follow it)
+                hidden = hidden[:, prompt_width - 1 :]
+                prefill = False
             if expand is not None:  # after the shared prefill: one cache row per completion
                 past.reorder_cache(expand)
-                hidden, mask, step_pos = hidden[expand], mask[expand], step_pos[expand]
+                hidden, mask, next_pos = hidden[expand], mask[expand], next_pos[expand]
                 expand = None
-            chosen = []
+            width = hidden.shape[1]
+            feeds: list[list[int]] = []
             for b in range(n):
+                feeds.append([])
                 if done[b]:
-                    chosen.append(pad)
                     continue
-                allowed, nexts = self.constraint.allowed(states[b])
-                if allowed.numel() == 0:  # dead end (cannot happen for a consistent grammar): stop here
-                    done[b] = True
-                    chosen.append(pad)
+                k = 0
+                while True:  # walk the outputs: accept draft tokens while the picks agree
+                    allowed, nexts = self.constraint.allowed(states[b])
+                    if allowed.numel() == 0:  # dead end (cannot happen for a consistent grammar): stop here
+                        done[b] = True
+                        break
+                    j = self._pick(hidden[b, k], allowed, deterministic)
+                    token = int(allowed[j])
+                    if k < len(drafts[b]) and token == drafts[b][k][0]:
+                        tokens[b].append(token)
+                        states[b] = nexts[j]
+                        k += 1
+                        continue
+                    break
+                if width > 1 and k + 1 < width:  # draft positions after the first disagreement: never attend
+                    mask[b, mask.shape[1] - width + k + 1 :] = 0
+                next_pos[b] -= len(drafts[b]) - k
+                if done[b]:
                     continue
-                logits = hidden[b] @ weight[allowed].T
-                if bias is not None:
-                    logits = logits + bias[allowed]
-                if self._softcap:
-                    logits = torch.tanh(logits / self._softcap) * self._softcap
-                if deterministic or allowed.numel() == 1:
-                    j = int(torch.argmax(logits))
-                else:
-                    probs = torch.softmax(logits.float() / max(self.temperature, 1e-5), -1)
-                    j = int(torch.multinomial(probs, 1, generator=self.generator))
-                token = int(allowed[j])
                 if token == eos:
                     done[b] = finished[b] = True
-                    chosen.append(pad)
                     continue
                 tokens[b].append(token)
                 states[b] = nexts[j]
-                nxt_allowed, _ = self.constraint.allowed(states[b])
-                if nxt_allowed.numel() == 1 and int(nxt_allowed[0]) == eos:
+                following, _ = self.constraint.allowed(states[b])
+                if following.numel() == 1 and int(following[0]) == eos:
                     done[b] = finished[b] = True  # only EOS can follow: finished without another forward pass
-                chosen.append(token)
+                    continue
+                if len(tokens[b]) >= self.max_new_tokens:
+                    done[b] = True
+                    continue
+                previous = self._previous.get(b, [])
+                drafts[b] = self._draft(states[b], tokens[b], previous)[: self.max_new_tokens - len(tokens[b])]
+                feeds[b] = [token] + [t for t, _ in drafts[b]]
             if all(done):
                 break
-            step_ids = torch.tensor(chosen, dtype=input_ids.dtype).unsqueeze(1)
-            mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype)], dim=1)
-            step_pos = step_pos[:, -1:] + 1
+            empty = torch.empty((n, 0), dtype=input_ids.dtype)
+            step_ids, step_mask = self._append_right(empty, mask[:, :0], feeds, pad)
+            mask = torch.cat([mask, step_mask], dim=1)
+            step_pos = next_pos[:, None] + torch.arange(step_ids.shape[1])
+            next_pos = next_pos + step_mask.sum(-1)
+        self._previous = dict(enumerate(tokens))
         return tokens, finished
+
+    @staticmethod
+    def _append_right(
+        ids: torch.Tensor, mask: torch.Tensor, rows: list[list[int]], pad: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ids``/``mask`` with each row's tokens appended, right-padded with masked ``pad`` positions."""
+        width = max((len(r) for r in rows), default=0)
+        extra = torch.full((len(rows), width), pad, dtype=ids.dtype)
+        extra_mask = torch.zeros((len(rows), width), dtype=mask.dtype)
+        for b, row in enumerate(rows):
+            extra[b, : len(row)] = torch.tensor(row, dtype=ids.dtype)
+            extra_mask[b, : len(row)] = 1
+        return torch.cat([ids, extra], dim=1), torch.cat([mask, extra_mask], dim=1)
 
     # ------------------------------------------------------------------------------------------ predict
     def predict(
@@ -290,6 +393,10 @@ class LLMPolicy:
     def invalid_rate(self) -> float:
         """Fraction of invalid completions since the policy was built (or :meth:`reset_stats`)."""
         return self.codec.invalid_rate
+
+    def reset_drafts(self) -> None:
+        """Forget the last completions, the source of :meth:`_draft`'s guesses (outputs do not change)."""
+        self._previous = {}
 
     def reset_stats(self) -> None:
         """Zero the invalid-output counters and the timings."""
@@ -351,21 +458,25 @@ def save_policy(
     return path
 
 
-def load_policy(path: str | Path, env: Any, *, seed: int = 0, dtype: Any = None, **kwargs: Any) -> LLMPolicy:
+def load_policy(
+    path: str | Path, env: Any, *, seed: int = 0, dtype: Any = None, merge: bool = True, **kwargs: Any
+) -> LLMPolicy:
     """Load a saved policy for ``env``.
 
     Args:
         path: A directory written by :func:`save_policy`.
         env: The env (or VecEnv) the policy acts on (its layout and action codec build the text codec).
         seed: Seed of sampling (and of a randomly initialized base such as ``tiny``: use the training seed).
-        dtype: Override of the model dtype (default float32).
+        dtype: Model dtype (a torch dtype or its name; default: the dtype the policy was trained in, else float32).
+        merge: Fold the adapter into the base weights (:meth:`Adapter.merge`, done in float32 before casting to
+            ``dtype``): faster decisions, same outputs up to rounding. ``False`` keeps the adapter modules.
         **kwargs: :class:`LLMPolicy` options (``constrained``, ``temperature``, ...).
 
     Raises:
         FileNotFoundError: If ``path`` is not a saved policy.
     """
     from qflgym.agents.llm.adapters import ADAPTERS
-    from qflgym.agents.llm.models import load_model
+    from qflgym.agents.llm.models import load_model, resolve_dtype
 
     path = Path(path)
     meta_path = path / POLICY_META
@@ -374,10 +485,17 @@ def load_policy(path: str | Path, env: Any, *, seed: int = 0, dtype: Any = None,
     meta = json.loads(meta_path.read_text())
     adapter = ADAPTERS.get(meta["adapter"])
     base_seed = int(meta.get("model_seed", seed))
+    dtype = resolve_dtype(dtype or meta.get("dtype", "float32"))
     model, tokenizer = load_model(
-        meta["model"], seed=base_seed, dtype=dtype or torch.float32, progress=False, **adapter.base_model_kwargs()
+        meta["model"],
+        seed=base_seed,
+        dtype=torch.float32 if merge else dtype,
+        progress=False,
+        **adapter.base_model_kwargs(),
     )
     model = adapter.load(model, path / "adapter")
+    if merge:
+        model = adapter.merge(model).to(dtype)
     codec_options = dict(meta.get("codec", {}))
     codec = TextCodec.from_env(env, CodecConfig(**codec_options))
     return LLMPolicy(model, tokenizer, codec, seed=seed, **kwargs)

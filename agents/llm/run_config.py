@@ -14,7 +14,7 @@ class LLMRunMixin:
     """Methods of the LLM run configs built from their common fields.
 
     The dataclass using it declares ``adapter, lora_r, lora_alpha, lora_dropout, target_modules, decimals,
-    lr_digits, format_hint, client_scale, logging_steps, seed, progress``.
+    lr_digits, format_hint, client_scale, dtype, logging_steps, seed, progress``.
     """
 
     adapter: str
@@ -26,6 +26,7 @@ class LLMRunMixin:
     lr_digits: int | None
     format_hint: bool
     client_scale: str
+    dtype: str
     logging_steps: int
     seed: int
     progress: bool
@@ -39,6 +40,12 @@ class LLMRunMixin:
             dropout=self.lora_dropout,
             target_modules=self.target_modules,
         )
+
+    def torch_dtype(self) -> Any:
+        """The base model's dtype while training (validated: the error names ``dtype`` and the allowed names)."""
+        from qflgym.agents.llm.models import resolve_dtype
+
+        return resolve_dtype(self.dtype)
 
     def codec_config(self) -> CodecConfig:
         """The prompt/grammar options (saved with the policy; a loaded policy brings its own)."""

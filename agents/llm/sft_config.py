@@ -31,6 +31,9 @@ class LLMSFTConfig(LLMRunMixin):
         metadata=_help("teacher: a controller name (qflgym list) or a trained SB3 model (.zip / run dir)"),
     )
     teacher_kwargs: dict[str, Any] = field(default_factory=dict, metadata=_help("teacher controller kwargs"))
+    teacher_deterministic: bool = field(
+        default=True, metadata=_help("record the teacher's deterministic action (false: its sampled actions)")
+    )
     episodes: int = field(default=20, metadata=_help("teacher episodes to record"))
     seed: int = field(default=0, metadata=_help("seed of rollouts (episode i resets with seed+i) and training"))
     model: str = field(default="tiny", metadata=_help("base model: gemma3-270m, tiny, or a checkpoint dir"))
@@ -52,6 +55,10 @@ class LLMSFTConfig(LLMRunMixin):
     format_hint: bool = field(default=True, metadata=_help("end prompts with the one-line grammar reminder"))
     client_scale: str = field(
         default="absolute", metadata=_help("client table values: absolute, or relative (0-9 within the round)")
+    )
+    dtype: str = field(
+        default="float32",
+        metadata=_help("base model weights while training: float32, bfloat16 (adapter weights stay float32)"),
     )
     eval_episodes: int = field(default=0, metadata=_help("evaluate policy and teacher on N unseen seeds after"))
     eval_seed: int = field(default=10_000, metadata=_help("first evaluation seed (disjoint from training)"))
@@ -79,6 +86,7 @@ class LLMSFTConfig(LLMRunMixin):
             errors.append(f"eval_episodes must be >= 0, got {self.eval_episodes}")
         if errors:
             raise ValueError("invalid LLMSFTConfig: " + "; ".join(errors))
+        self.torch_dtype()
         self.adapter_config()  # validates r / dropout
         self.codec_config()  # validates decimals / lr_digits
 

@@ -123,7 +123,16 @@ class LLMSFTTrainer:
         try:
             codec = TextCodec.from_env(env, cfg.codec_config())
             teacher = make_teacher(cfg.teacher, env, seed=cfg.seed, kwargs=cfg.teacher_kwargs)
-            data = rollout(env, teacher, codec, cfg.episodes, cfg.seed, progress=cfg.progress, description="teacher")
+            data = rollout(
+                env,
+                teacher,
+                codec,
+                cfg.episodes,
+                cfg.seed,
+                deterministic=cfg.teacher_deterministic,
+                progress=cfg.progress,
+                description="teacher",
+            )
         finally:
             env.close()
         return data.records, data.returns, codec
@@ -144,7 +153,11 @@ class LLMSFTTrainer:
 
         torch.manual_seed(cfg.seed)
         model, tokenizer = load_model(
-            cfg.model, seed=cfg.model_seed, progress=cfg.progress, **adapter.base_model_kwargs()
+            cfg.model,
+            seed=cfg.model_seed,
+            dtype=cfg.torch_dtype(),
+            progress=cfg.progress,
+            **adapter.base_model_kwargs(),
         )
         spec = model_spec(cfg.model)
         targets = spec.lora_target_modules if spec else ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -176,8 +189,11 @@ class LLMSFTTrainer:
                 "env_id": cfg.env_id,
                 "env_config": cfg.env_config,
                 "teacher": cfg.teacher,
+                "teacher_kwargs": cfg.teacher_kwargs,
+                "teacher_deterministic": cfg.teacher_deterministic,
                 "trainer": "sft",
                 "model_seed": cfg.model_seed,
+                "dtype": cfg.dtype,
             },
         )
         write_adapter_meta(policy_dir, cfg.adapter_config(), adapter.name)
@@ -192,7 +208,14 @@ class LLMSFTTrainer:
         if cfg.eval_episodes > 0:
             policy = LLMPolicy(model, tokenizer, codec, seed=cfg.seed)
             result.evaluation = evaluate_against_teacher(
-                cfg.env_id, cfg.env_config, policy, cfg.teacher, cfg.teacher_kwargs, cfg.eval_episodes, cfg.eval_seed
+                cfg.env_id,
+                cfg.env_config,
+                policy,
+                cfg.teacher,
+                cfg.teacher_kwargs,
+                cfg.eval_episodes,
+                cfg.eval_seed,
+                teacher_deterministic=cfg.teacher_deterministic,
             )
         (run_dir / "metrics.json").write_text(
             json.dumps(
@@ -220,8 +243,12 @@ def evaluate_against_teacher(
     teacher_kwargs: dict[str, Any],
     episodes: int,
     seed: int,
+    teacher_deterministic: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Evaluate the LLM policy and the teacher on the same unseen seeds; mean metrics per controller."""
+    """Evaluate the LLM policy (greedy) and the teacher on the same unseen seeds; mean metrics per controller.
+
+    ``teacher_deterministic`` is how the teacher acted when its pairs were recorded (``False``: sampled).
+    """
     from qflgym.agents.evaluation import evaluate
 
     seeds = [seed + i for i in range(episodes)]
@@ -236,7 +263,7 @@ def evaluate_against_teacher(
             summary["invalid_rate"] = float(policy.invalid_rate)
         out["llm"] = summary
         teacher_ctrl = make_teacher(teacher, env, seed=seed, kwargs=teacher_kwargs)
-        out["teacher"] = summarize_rows(evaluate(env, teacher_ctrl, seeds, deterministic=True))
+        out["teacher"] = summarize_rows(evaluate(env, teacher_ctrl, seeds, deterministic=teacher_deterministic))
     finally:
         env.close()
     return out
