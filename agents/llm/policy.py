@@ -194,11 +194,10 @@ class LLMPolicy:
         assert self.constraint is not None
         eos = self.constraint.eos_token_id
         key = tokens[-2:]
-        guess: list[int] = list(previous) if not key else []
-        for i in range(len(previous) - len(key), -1, -1) if key else ():
-            if previous[i : i + len(key)] == key:
-                guess = previous[i + len(key) :]
-                break
+        guess = list(previous)  # no tokens yet: the last completion from its start
+        if key:  # after the last occurrence of the latest two tokens
+            ends = [i + len(key) for i in range(len(previous) - len(key) + 1) if previous[i : i + len(key)] == key]
+            guess = previous[ends[-1] :] if ends else []
         draft: list[tuple[int, Any]] = []
         current = state
         while len(draft) < self.lookahead:
