@@ -105,26 +105,29 @@ def measure_latency(args: argparse.Namespace, results: dict) -> None:
     env.close()
 
 
-def measure_sft(args: argparse.Namespace, results: dict, out: Path) -> None:
-    from qflgym.agents.llm.sft_config import LLMSFTConfig
-    from qflgym.agents.llm.sft_trainer import LLMSFTTrainer
-
-    cfg = LLMSFTConfig(
+def _run_settings(args: argparse.Namespace, out: Path, name: str) -> dict:
+    """What the benchmark's SFT and GRPO runs share: env, model, budget, prompts, dtype, threads, output."""
+    return dict(
         env_id=args.env,
-        teacher="loss-greedy",
-        episodes=1,
         model=args.model,
+        episodes=1,
         max_steps=args.train_steps,
-        batch_size=4,
         decimals=args.decimals,
         format_hint=args.hint,
         dtype=args.dtype,
         torch_threads=args.torch_threads,
         logging_steps=1,
         out=str(out),
-        run_name="sft",
+        run_name=name,
         progress=False,
     )
+
+
+def measure_sft(args: argparse.Namespace, results: dict, out: Path) -> None:
+    from qflgym.agents.llm.sft_config import LLMSFTConfig
+    from qflgym.agents.llm.sft_trainer import LLMSFTTrainer
+
+    cfg = LLMSFTConfig(teacher="loss-greedy", batch_size=4, **_run_settings(args, out, "sft"))
     result = LLMSFTTrainer(cfg, argv=sys.argv).train()
     results["sft_s_per_step"] = result.s_per_step
     results["sft_loss_first_last"] = [result.losses[0], result.losses[-1]] if result.losses else []
@@ -136,21 +139,10 @@ def measure_grpo(args: argparse.Namespace, results: dict, out: Path) -> None:
     from qflgym.agents.llm.grpo_trainer import LLMGRPOTrainer
 
     cfg = LLMGRPOConfig(
-        env_id=args.env,
         init_policy=results.get("sft_policy"),
-        model=args.model,
         state_policy="loss-greedy",
-        episodes=1,
-        max_steps=args.train_steps,
         num_generations=4,
-        decimals=args.decimals,
-        format_hint=args.hint,
-        dtype=args.dtype,
-        torch_threads=args.torch_threads,
-        logging_steps=1,
-        out=str(out),
-        run_name="grpo",
-        progress=False,
+        **_run_settings(args, out, "grpo"),
     )
     result = LLMGRPOTrainer(cfg, argv=sys.argv).train()
     results["grpo_s_per_step"] = result.s_per_step

@@ -17,17 +17,6 @@ from qflgym.agents.llm.models import MODELS, build_tiny_tokenizer, load_model
 from qflgym.agents.llm.policy import LLMPolicy, load_policy, save_policy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """The tiny model's matrices are too small for two threads; one is faster, and far faster on a busy machine."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def full_env():
     env = make_env("QFL/FullControl-Tiny-v0")

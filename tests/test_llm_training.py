@@ -25,15 +25,6 @@ from qflgym.agents.llm.sft_trainer import completion_loss
 ENV = "QFL/ClientSelection-Tiny-v0"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """The tiny model's matrices are too small for two threads; one is faster, and far faster on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory):
     """One distillation run through the CLI: ``qflgym llm sft`` (loss-greedy teacher, tiny model)."""
@@ -44,7 +35,7 @@ def sft_run(tmp_path_factory):
         [
             "llm", "sft", "--env-id", ENV, "--teacher", "loss-greedy", "--episodes", "3", "--max-steps", "30",
             "--batch-size", "4", "--learning-rate", "5e-3", "--logging-steps", "5", "--out", str(out),
-            "--run-name", "sft-test", "--progress", "false",
+            "--run-name", "sft-test", "--progress", "false", "--torch-threads", "1",
         ]
     )  # fmt: skip
     assert status == 0
@@ -126,6 +117,7 @@ def test_grpo_step_runs_and_saves_a_loadable_policy(tmp_path, sft_run):
         out=str(tmp_path),
         run_name="grpo-test",
         progress=False,
+        torch_threads=1,
         logging_steps=1,
     )
     result = LLMGRPOTrainer(cfg, argv=["qflgym", "llm", "grpo"]).train()
@@ -143,7 +135,7 @@ def test_grpo_step_runs_and_saves_a_loadable_policy(tmp_path, sft_run):
     assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
     from qflgym.agents.cli import main
 
-    assert main(["llm", "eval", "--policy", str(result.policy_dir), "--episodes", "1",
+    assert main(["llm", "eval", "--policy", str(result.policy_dir), "--episodes", "1", "--torch-threads", "1",
                  "--json", str(tmp_path / "eval.json")]) == 0  # fmt: skip
     summary = json.loads((tmp_path / "eval.json").read_text())["summary"]["llm"]
     assert summary["invalid_rate"] == 0.0

@@ -44,7 +44,7 @@ from qflgym.agents.llm.common import (
     teacher_options,
 )
 from qflgym.agents.llm.grpo_config import LLMGRPOConfig
-from qflgym.agents.llm.models import load_model, model_spec
+from qflgym.agents.llm.models import load_model
 from qflgym.agents.llm.policy import POLICY_META, LLMPolicy, save_policy
 
 # ``rollout_func`` is marked experimental in TRL 1.x; we rely on it knowingly (see the module docstring).
@@ -245,16 +245,7 @@ class LLMGRPOTrainer:
             model = adapter.load(model, Path(cfg.init_policy) / "adapter", trainable=True)
             return model, tokenizer, CodecConfig(**meta.get("codec", {})), meta["model"], adapter.name
         adapter = resolve_adapter(cfg.adapter)
-        model, tokenizer = load_model(
-            cfg.model,
-            seed=cfg.model_seed,
-            dtype=cfg.torch_dtype(),
-            progress=cfg.progress,
-            **adapter.base_model_kwargs(),
-        )
-        spec = model_spec(cfg.model)
-        targets = spec.lora_target_modules if spec else ("q_proj", "k_proj", "v_proj", "o_proj")
-        model = adapter.attach(model, cfg.adapter_config(), targets)
+        model, tokenizer = cfg.fresh_model(adapter)
         return model, tokenizer, cfg.codec_config(), cfg.model, adapter.name
 
     def collect_states(self, env: Any, codec: TextCodec, policy: LLMPolicy) -> tuple[StateBank, list[dict[str, Any]]]:

@@ -288,16 +288,16 @@ MODELS.add(
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_dtype(dtype: torch.dtype | str, field: str = "dtype") -> torch.dtype:
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     """The torch dtype for ``dtype`` (a name in :data:`DTYPES` or a dtype).
 
     Raises:
-        ValueError: An unknown name (the message names ``field`` and the allowed names).
+        ValueError: An unknown name (the message names the ``dtype`` setting and the allowed names).
     """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise ValueError(f"{field} must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     return DTYPES[dtype]
 
 

@@ -309,7 +309,7 @@ class LLMPolicy:
                         k += 1
                         continue
                     break
-                if width > 1 and k + 1 < width:  # draft positions after the first disagreement: never attend
+                if k + 1 < width:  # draft positions after the first disagreement: never attend
                     mask[b, mask.shape[1] - width + k + 1 :] = 0
                 next_pos[b] -= len(drafts[b]) - k
                 if done[b]:

@@ -13,10 +13,12 @@ __all__ = ["LLMRunMixin"]
 class LLMRunMixin:
     """Methods of the LLM run configs built from their common fields.
 
-    The dataclass using it declares ``adapter, lora_r, lora_alpha, lora_dropout, target_modules, decimals,
-    lr_digits, format_hint, client_scale, dtype, logging_steps, seed, progress``.
+    The dataclass using it declares ``model, model_seed, adapter, lora_r, lora_alpha, lora_dropout, target_modules,
+    decimals, lr_digits, format_hint, client_scale, dtype, logging_steps, seed, progress``.
     """
 
+    model: str
+    model_seed: int
     adapter: str
     lora_r: int
     lora_alpha: int
@@ -46,6 +48,25 @@ class LLMRunMixin:
         from qflgym.agents.llm.models import resolve_dtype
 
         return resolve_dtype(self.dtype)
+
+    def fresh_model(self, adapter: Any) -> tuple[Any, Any]:
+        """The base ``model`` (in :meth:`torch_dtype`) with fresh ``adapter`` weights, and its tokenizer.
+
+        The adapter targets the model's registered LoRA modules (q/k/v/o for a checkpoint path) unless
+        ``target_modules`` is set.
+        """
+        from qflgym.agents.llm.models import load_model, model_spec
+
+        model, tokenizer = load_model(
+            self.model,
+            seed=self.model_seed,
+            dtype=self.torch_dtype(),
+            progress=self.progress,
+            **adapter.base_model_kwargs(),
+        )
+        spec = model_spec(self.model)
+        targets = spec.lora_target_modules if spec else ("q_proj", "k_proj", "v_proj", "o_proj")
+        return adapter.attach(model, self.adapter_config(), targets), tokenizer
 
     def codec_config(self) -> CodecConfig:
         """The prompt/grammar options (saved with the policy; a loaded policy brings its own)."""

@@ -36,7 +36,6 @@ from qflgym.agents.llm.common import (
     seconds_per_step,
     step_timer,
 )
-from qflgym.agents.llm.models import load_model, model_spec
 from qflgym.agents.llm.policy import LLMPolicy, save_policy
 from qflgym.agents.llm.sft_config import LLMSFTConfig
 
@@ -152,16 +151,7 @@ class LLMSFTTrainer:
                 fh.write(json.dumps(r) + "\n")
 
         torch.manual_seed(cfg.seed)
-        model, tokenizer = load_model(
-            cfg.model,
-            seed=cfg.model_seed,
-            dtype=cfg.torch_dtype(),
-            progress=cfg.progress,
-            **adapter.base_model_kwargs(),
-        )
-        spec = model_spec(cfg.model)
-        targets = spec.lora_target_modules if spec else ("q_proj", "k_proj", "v_proj", "o_proj")
-        model = adapter.attach(model, cfg.adapter_config(), targets)
+        model, tokenizer = cfg.fresh_model(adapter)
         dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in records])
         timer = step_timer()
         trainer = SFTTrainer(
