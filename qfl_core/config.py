@@ -44,13 +44,14 @@ PerClient = float | tuple[float, float]
 
 
 def _check_range(value: PerClient, low: float, high: float, *, low_open: bool = False) -> PerClient:
+    """Check one value, or both ends of a ``(low, high)`` range, against ``[low, high]`` (``(low, high]``)."""
+    allowed = f"{'(' if low_open else '['}{low}, {high}]"
     values = value if isinstance(value, tuple) else (value,)
     for v in values:
         if v < low or v > high or (low_open and v == low):
-            bracket = "(" if low_open else "["
-            raise ValueError(f"value {v!r} is outside the allowed range {bracket}{low}, {high}]")
+            raise ValueError(f"{v!r} is outside {allowed}" if isinstance(value, tuple) else f"must be in {allowed}")
     if isinstance(value, tuple) and value[0] > value[1]:
-        raise ValueError(f"range [low, high] must have low <= high, got {list(value)}")
+        raise ValueError("a [low, high] range must have low <= high")
     return value
 
 
@@ -78,7 +79,7 @@ class DataConfig(StrictModel):
     @classmethod
     def _classes(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
         if value is not None and (len(value) < 2 or len(set(value)) != len(value)):
-            raise ValueError(f"classes must list at least two distinct labels, got {list(value)}")
+            raise ValueError("must list at least two distinct labels")
         return value
 
 
@@ -152,7 +153,7 @@ class ClientsConfig(StrictModel):
     def _shots(cls, value: int | tuple[int | None, ...] | None) -> int | tuple[int | None, ...] | None:
         values = value if isinstance(value, tuple) else (value,)
         if not values or any(v is not None and v < 1 for v in values):
-            raise ValueError(f"shots must be None or a positive integer (or a non-empty tuple of them), got {value!r}")
+            raise ValueError("must be None (exact expectations), a positive integer or a non-empty tuple of them")
         return value
 
     @field_validator("depolarizing")
@@ -227,11 +228,17 @@ class FederationConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> FederationConfig:
-        n_classes = len(self.data.classes or ())
-        if self.circuit.readout == "grouping" and n_classes > self.circuit.n_qubits:
+        if self.circuit.readout != "grouping":
+            return self
+        from .data import class_count
+
+        n_classes = class_count(self.data)
+        if n_classes > self.circuit.n_qubits:
+            classes = "all classes" if self.data.classes is None else f"data.classes={list(self.data.classes)}"
             raise ValueError(
-                f"circuit.readout='grouping' needs n_qubits >= number of classes; "
-                f"got {self.circuit.n_qubits} qubits for {n_classes} classes"
+                f"circuit.readout='grouping' needs circuit.n_qubits >= number of classes; got "
+                f"{self.circuit.n_qubits} qubits for {n_classes} classes (data.dataset={self.data.dataset!r}, "
+                f"{classes}): use circuit.readout='linear', more qubits or fewer classes"
             )
         return self
 

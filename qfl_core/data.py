@@ -238,6 +238,18 @@ def load_splits(config: DataConfig, n_features: int, rng: np.random.Generator) -
     )
 
 
+def class_count(config: DataConfig) -> int:
+    """The number of classes a federation of ``config`` learns: ``len(config.classes)``, or all the dataset's labels.
+
+    Without ``config.classes`` the dataset's loader is run (bundled sets are read once per process) and its
+    distinct labels are counted; generated sets have a fixed label set, so the generator's seed does not matter.
+    """
+    if config.classes is not None:
+        return len(config.classes)
+    _, y = DATASETS.get(config.dataset)(config, np.random.default_rng(0))
+    return len(np.unique(y))
+
+
 def _checked(name: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Validate a loader's output and convert it to ``(float64 [n, d], int64 [n])``."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y)

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import copy
 import importlib
+import re
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -31,9 +33,37 @@ class ConfigError(ValueError):
 
 
 class StrictModel(BaseModel):
-    """Base for all qflgym configs: frozen, unknown keys rejected, no silent coercion of types."""
+    """Base for all qflgym configs: frozen, unknown keys rejected, no coercion, finite numbers only.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, validate_default=True)
+    Validation is pydantic's strict mode: ``True`` is not an integer, ``"4"`` is not a number and ``"false"`` is
+    not a boolean. The only conversions are the lossless ones a YAML file needs: an integer is accepted where a
+    float is expected, and a list where a tuple is expected. NaN and infinities are rejected in every float field.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_to_tuples(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        fields = cls.model_fields
+        return {
+            key: tuple(value)
+            if isinstance(value, list) and key in fields and _admits_tuple(fields[key].annotation)
+            else value
+            for key, value in data.items()
+        }
+
+
+def _admits_tuple(annotation: Any) -> bool:
+    """Whether a field annotation is a tuple type or a union with a tuple member."""
+    origin = get_origin(annotation)
+    if origin is tuple:
+        return True
+    if origin is Annotated:
+        return _admits_tuple(get_args(annotation)[0])
+    return origin in (Union, UnionType) and any(_admits_tuple(arg) for arg in get_args(annotation))
 
 
 def registered_name(registry_path: str) -> Callable[[str], str]:
@@ -70,16 +100,43 @@ def build_config(cls: type[ModelT], data: Mapping[str, Any], what: str) -> Model
 
 
 def format_validation_error(err: ValidationError, what: str) -> str:
-    """Render a pydantic error as ``field: problem (got value)`` lines, allowed keys included for typos."""
-    lines = [f"invalid {what} config:"]
-    for item in err.errors():
-        loc = ".".join(str(p) for p in item["loc"] if not str(p).startswith(("function-", "tuple[", "union[")))
-        msg = item["msg"].removeprefix("Value error, ")
+    """Render a pydantic error as ``field: problem (got value)`` lines, allowed keys included for typos.
+
+    Errors of the members of a union field (``int | tuple[int, ...]``) are reported on the field itself, as one
+    line joining what each member expects; a member whose type does not fit the value is left out when another
+    member reports a problem inside the value (``[0.0, nan]``: the element, not "should be a number").
+    """
+    items = [(_field_path(item["loc"]), item) for item in err.errors()]
+    paths = {path for path, _ in items}
+    problems: dict[str, list[str]] = {}
+    values: dict[str, Any] = {}
+    for path, item in items:
+        loc = ".".join(str(p) for p in path)
         if item["type"] == "extra_forbidden":
-            lines.append(f"  {loc}: unknown field{_allowed_keys_hint(err.title, item['loc'])}")
+            problems.setdefault(loc, []).append(f"unknown field{_allowed_keys_hint(err.title, item['loc'])}")
             continue
-        lines.append(f"  {loc}: {msg} (got {item.get('input')!r})")
-    return "\n".join(dict.fromkeys(lines))
+        inner = any(len(other) > len(path) and other[: len(path)] == path for other in paths)
+        if inner and item["type"].endswith("_type"):
+            continue
+        problems.setdefault(loc, []).append(item["msg"].removeprefix("Value error, "))
+        values.setdefault(loc, item.get("input"))
+    lines = [f"invalid {what} config:"]
+    for loc, messages in problems.items():
+        messages = list(dict.fromkeys(messages))
+        text = " or ".join([messages[0], *(m.removeprefix("Input should be ") for m in messages[1:])])
+        if not loc:  # a check across fields names them itself
+            lines.append(f"  {text}")
+        else:
+            lines.append(f"  {loc}: {text}" + (f" (got {values[loc]!r})" if loc in values else ""))
+    return "\n".join(lines)
+
+
+#: Location parts that name a member of a union or a validator, not a field (``int``, ``tuple[float, float]``).
+_SCHEMA_TAG = re.compile(r"^(int|float|str|bool|none|bytes)$|^[a-z-]+\[|^function-")
+
+
+def _field_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(part for part in loc if not (isinstance(part, str) and _SCHEMA_TAG.match(part)))
 
 
 def _allowed_keys_hint(model_name: str, loc: tuple[Any, ...]) -> str:
