@@ -35,9 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from qflgym.config import preset_names, preset_path
+from qflgym.config import parse_yaml, preset_names, preset_path
 from qflgym.registry import Registry, import_available
 
 __all__ = [
@@ -93,7 +91,7 @@ def _mapping_arg(text: str | None, what: str) -> dict[str, Any]:
         if not path.is_file():
             raise FileNotFoundError(f"{what} file not found: {path}")
         text = path.read_text()
-    value = yaml.safe_load(text)
+    value = parse_yaml(text)
     if value is None:
         return {}
     if not isinstance(value, dict):

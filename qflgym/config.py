@@ -171,6 +171,22 @@ def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[st
     return merged
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-3`` as a float (YAML 1.2) instead of the string ``"1e-3"``."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text with the safe loader; exponent notation without a dot (``1e-3``) is a float."""
+    return yaml.load(text, Loader=_YamlLoader)
+
+
 def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     """Read a YAML mapping from ``path``, with a clear error when it is missing or not a mapping.
 
@@ -181,7 +197,7 @@ def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = parse_yaml(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data

@@ -2,7 +2,7 @@ import gymnasium as gym
 import pytest
 
 import qflgym.envs  # noqa: F401  (registers the QFL/... ids)
-from qflgym.config import ConfigError, deep_merge, load_preset, preset_names
+from qflgym.config import ConfigError, deep_merge, load_preset, parse_yaml, preset_names
 from qflgym.qfl_core import Federation
 from qflgym.qfl_core.config import FederationConfig
 
@@ -236,3 +236,11 @@ def test_out_of_range_box_action_prints_the_exact_values_outside():
     env.reset(seed=0)
     with pytest.raises(ValueError, match=r"outside: \[0\] = 1\.0000000001, \[1\] = nan$"):
         env.step([1.0000000001, NAN])
+
+
+def test_yaml_exponent_notation_is_a_float_not_a_string(tmp_path):
+    path = tmp_path / "fed.yaml"
+    path.write_text("training:\n  lr: 1e-3\nstrategy:\n  tau: 5E-4\nclients:\n  latency_s: [1e-3, 2e-2]\n")
+    cfg = FederationConfig.from_yaml(path)
+    assert (cfg.training.lr, cfg.strategy.tau, cfg.clients.latency_s) == (1e-3, 5e-4, (1e-3, 2e-2))
+    assert parse_yaml("a: x1e3\nb: 1_000\nc: 12") == {"a": "x1e3", "b": 1000, "c": 12}
