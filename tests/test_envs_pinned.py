@@ -16,7 +16,8 @@ from threadpoolctl import threadpool_limits
 
 import qflgym.envs  # noqa: F401  (registers the ids)
 
-#: ``env id -> (fingerprint, rewards)`` recorded from the code before the env step was split (seed 3; x86-64 Linux, one BLAS thread).
+#: ``env id -> (fingerprint, rewards)``, recorded from the code before the env step was split (seed 3; x86-64
+#: Linux, one BLAS thread; ``python tests/test_envs_pinned.py`` prints them).
 PINNED: dict[str, tuple[str, tuple[float, ...]]] = {
     "QFL/ClientSelection-Hard-v0": (
         "64d47f026afbbe2c2a99a135029e92dd",
