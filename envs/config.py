@@ -3,7 +3,7 @@
 An env's config is resolved in three layers, each a plain dict deep-merged over the previous one:
 
 1. ``default_config()`` of the env class (the base class's Python dict, then the env's YAML preset in
-   ``configs/envs/``, then the variant's, e.g. ``hard``),
+   ``configs/envs/``), then the variant's presets (the registration kwargs ``presets``, e.g. ``("hard",)``),
 2. the ``config={...}`` passed to ``gym.make`` / the constructor,
 3. the ``federation`` sub-dict is merged over the federation preset named by ``federation_preset``
    (``configs/federations/<name>.yaml``).
@@ -32,7 +32,7 @@ from qflgym.config import (
 )
 from qflgym.qfl_core.config import FederationConfig
 
-__all__ = ["EnvConfig", "env_preset", "resolve_env_config"]
+__all__ = ["EnvConfig", "env_preset", "merge_presets", "resolve_env_config"]
 
 
 class EnvConfig(StrictModel):
@@ -46,7 +46,7 @@ class EnvConfig(StrictModel):
     """``None``: every ``reset`` draws a new federation seed from ``np_random`` (a new data partition and
     client population per episode). An integer: the same federation in every episode (faster resets)."""
     round_budget: int = Field(ge=1, le=100_000)
-    """Rounds per episode; the registration's ``max_episode_steps``. The env also truncates by itself."""
+    """Rounds per episode: the env truncates after them and reports them as ``env.spec.max_episode_steps``."""
     target_accuracy: float | None = Field(gt=0.0, le=1.0)
     """Validation accuracy that ends the episode (``terminated``), or ``None`` for no target."""
     selection_rule: str
@@ -145,6 +145,14 @@ def _cached_preset(group: str, name: str) -> dict[str, Any]:
 def env_preset(name: str) -> dict[str, Any]:
     """A copy of the env preset ``configs/envs/<name>.yaml``."""
     return deep_merge({}, _cached_preset("envs", name))
+
+
+def merge_presets(config: Mapping[str, Any], *names: str) -> dict[str, Any]:
+    """Deep-merge the env presets ``configs/envs/<name>.yaml`` over ``config``, in order."""
+    merged = dict(config)
+    for name in names:
+        merged = deep_merge(merged, env_preset(name))
+    return merged
 
 
 def resolve_env_config(defaults: Mapping[str, Any], config: Mapping[str, Any] | None, what: str) -> EnvConfig:
