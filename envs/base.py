@@ -42,7 +42,7 @@ _STATE_VERSION = 1
 
 def merge_presets(config: Mapping[str, Any], *names: str) -> dict[str, Any]:
     """Deep-merge the env presets ``configs/envs/<name>.yaml`` over ``config``, in order."""
-    from qflgym.qfl_core.config import deep_merge
+    from qflgym.config import deep_merge
 
     merged = dict(config)
     for name in names:

@@ -8,7 +8,7 @@ An env's config is resolved in three layers, each a plain dict deep-merged over 
 3. the ``federation`` sub-dict is merged over the federation preset named by ``federation_preset``
    (``configs/federations/<name>.yaml``).
 
-The result is validated by :class:`EnvConfig`; a bad value raises :class:`~qflgym.qfl_core.config.ConfigError`
+The result is validated by :class:`EnvConfig`; a bad value raises :class:`~qflgym.config.ConfigError`
 naming the field (dotted path), the value and what is allowed.
 """
 
@@ -21,9 +21,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from qflgym.qfl_core.config import (
+from qflgym.config import (
     ConfigError,
-    FederationConfig,
     StrictModel,
     build_config,
     deep_merge,
@@ -31,6 +30,7 @@ from qflgym.qfl_core.config import (
     register_config_model,
     registered_name,
 )
+from qflgym.qfl_core.config import FederationConfig
 
 __all__ = ["EnvConfig", "env_preset", "resolve_env_config"]
 

@@ -33,8 +33,9 @@ from sklearn import datasets as skdatasets
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
-from qflgym.qfl_core.config import ConfigError, DataConfig
-from qflgym.qfl_core.registry import Registry
+from qflgym.config import ConfigError
+from qflgym.qfl_core.config import DataConfig
+from qflgym.registry import Registry
 
 #: ``loader(config, rng) -> (X [n, d] float, y [n] int)``.
 DatasetLoader = Callable[[DataConfig, np.random.Generator], tuple[np.ndarray, np.ndarray]]

@@ -1,6 +1,7 @@
 import pytest
 
-from qflgym.qfl_core.config import ConfigError, FederationConfig, deep_merge
+from qflgym.config import ConfigError, deep_merge
+from qflgym.qfl_core.config import FederationConfig
 
 
 def _error(overrides: dict) -> str:

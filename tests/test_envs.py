@@ -10,6 +10,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 import qflgym.envs as qenvs
+from qflgym.config import ConfigError
 from qflgym.envs import ENV_IDS, ControlDecision
 from qflgym.envs.actions import (
     FullControlCodec,
@@ -20,7 +21,6 @@ from qflgym.envs.actions import (
     TopKSelectionCodec,
 )
 from qflgym.envs.observation import CLIENT_FEATURES, GLOBAL_FEATURES, MAX_LABEL_CLASSES
-from qflgym.qfl_core.config import ConfigError
 
 TINY_IDS = [i for i in ENV_IDS if "-Tiny-" in i]
 
