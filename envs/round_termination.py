@@ -16,7 +16,7 @@ class RoundTerminationEnv(QFLEnv):
     ## Description
 
     The quantum federation of `QFL/ClientSelection-v0` with a fixed selection rule (`selection_rule`,
-    default `random_k`) and a fixed step size; the controller decides before each round whether to run it
+    default `random-k`) and a fixed step size; the controller decides before each round whether to run it
     or to stop training now. Every round costs bytes, device time and shots; stopping too early leaves
     accuracy on the table. An optimal-stopping problem.
 

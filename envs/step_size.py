@@ -17,7 +17,7 @@ class StepSizeEnv(QFLEnv):
 
     The quantum federation of `QFL/ClientSelection-v0`, but the controller sets the step size of local
     training: the learning rate (a log-scale multiplier of the federation's `training.lr`) and the number of
-    local minibatch steps. Clients are selected by the configured `selection_rule` (default `random_k` with
+    local minibatch steps. Clients are selected by the configured `selection_rule` (default `random-k` with
     `clients_per_round` clients, drawn from `np_random`). Larger steps make progress faster but cost device
     time and drift apart on non-IID data; too large learning rates diverge.
 

@@ -9,7 +9,7 @@ import pytest
 import qflgym.envs  # noqa: F401  (registers the ids)
 
 #: Cohorts of the first six rounds of the default envs whose clients the configured rule selects
-#: (``random_k`` of 3 of 10 clients), for reset seeds 0 and 7; measured before the rules were unified.
+#: (``random-k`` of 3 of 10 clients), for reset seeds 0 and 7; measured before the rules were unified.
 PINNED_COHORTS = {
     0: [[2, 4, 6], [2, 3, 9], [4, 5, 9], [4, 5, 7], [1, 2, 7], [2, 4, 6]],
     7: [[0, 7, 8], [2, 4, 8], [4, 6, 7], [0, 8, 9], [2, 3, 9], [2, 5, 6]],
