@@ -69,9 +69,9 @@ def limit_native_threads(environ: MutableMapping[str, str] = os.environ) -> None
     These libraries read the variables once, when they are loaded, so this must run before the first import
     of numpy or torch: :func:`main` calls it first, and this module imports neither at module level (plugin
     modules are imported later, by :func:`build_parser`). :func:`qflgym.agents.runtime.limited_threads` only
-    limits pools that already exist; without the variables a second busy thread per process remained (PPO on
-    ``QFL/ClientSelection-v0``: 14 instead of 70-85 steps/s on a shared 2-core machine). Subprocesses (vector
-    env workers, Ray tasks) inherit the variables. Export e.g. ``OMP_NUM_THREADS=4`` to override.
+    limits pools that already exist; without the variables a second busy thread per process remains
+    (``benchmarks/train_speed.py`` measures the cost, docs/results.md records it). Subprocesses (vector env
+    workers, Ray tasks) inherit the variables. Export e.g. ``OMP_NUM_THREADS=4`` to override.
     """
     for name, value in SINGLE_THREAD_ENV.items():
         environ.setdefault(name, value)

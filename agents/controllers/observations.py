@@ -23,7 +23,7 @@ class EnvFacts:
     Attributes:
         n_clients: Number of clients N.
         clients_per_round: The default k of selection rules: the env's selection budget when its actions have
-            one (``selection_budget``), else its ``clients_per_round`` (``ceil(0.3 N)`` by default).
+            one (``selection_budget``), else its ``clients_per_round`` (see the env's config).
         max_clients: Most clients an action may select (the selection budget, else N).
         default_lr: The learning rate the env uses when the controller does not set one.
         default_local_steps: The local steps the env uses when the controller does not set them.

@@ -9,7 +9,7 @@ flags win).
 
 Examples::
 
-    qflgym llm prepare                                      # convert Gemma-3 270M once (about a minute)
+    qflgym llm prepare                                      # convert Gemma-3 270M once (cached)
     qflgym llm sft --env-id QFL/ClientSelection-v0 --teacher runs/ppo/<run> --model gemma3-270m
     qflgym llm grpo --init-policy runs/llm/sft/<run>/policy --max-steps 50
     qflgym llm eval --policy runs/llm/grpo/<run>/policy --episodes 5

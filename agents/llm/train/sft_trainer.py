@@ -6,7 +6,7 @@
 adapter (:data:`~qflgym.agents.llm.adapters.ADAPTERS`) to the base model and fine-tunes it with TRL's
 ``SFTTrainer`` (completion-only loss). The run directory holds::
 
-    config.yaml  command.txt  versions.json     the resolved config, the command line, package versions
+    config.yaml  command.txt  run.json          the resolved config, the command line, package versions
     data.jsonl                                  the recorded pairs
     policy/                                     adapter/ + qflgym_llm.json (load with ``qflgym llm eval``)
     metrics.json                                losses, seconds per step, teacher return, evaluation
