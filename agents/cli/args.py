@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,10 @@ import yaml
 from qflgym.agents.cli.commands import UserInputError
 from qflgym.config import preset_names, preset_path
 
-__all__ = ["console", "mapping_arg", "suite_path"]
+__all__ = ["Column", "cell", "console", "mapping_arg", "metrics_table", "nan_mean", "suite_path"]
+
+#: A column of a metrics table: ``(row key, header, format)``.
+Column = tuple[str, str, str]
 
 
 def mapping_arg(text: str | None, what: str) -> dict[str, Any]:
@@ -50,3 +55,26 @@ def console() -> Any:
     from rich.console import Console
 
     return Console()
+
+
+def cell(value: float, fmt: str) -> str:
+    """``value`` formatted with ``fmt``, or a dash when it is NaN or infinite (a metric that does not apply)."""
+    return fmt.format(value) if math.isfinite(value) else "–"
+
+
+def nan_mean(rows: Sequence[Mapping[str, float]], key: str) -> float:
+    """Mean of ``key`` over the rows that have a finite value for it (NaN when none has)."""
+    values = [float(r[key]) for r in rows if key in r and math.isfinite(float(r[key]))]
+    return sum(values) / len(values) if values else math.nan
+
+
+def metrics_table(title: str, columns: Sequence[Column], first: str | None = None) -> Any:
+    """An empty ``rich`` table with right-justified metric columns (after a ``first`` label column, if given)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    if first is not None:
+        table.add_column(first)
+    for _, header, _ in columns:
+        table.add_column(header, justify="right")
+    return table

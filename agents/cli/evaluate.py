@@ -6,8 +6,20 @@ import argparse
 import json
 from pathlib import Path
 
-from qflgym.agents.cli.args import console, mapping_arg
+from qflgym.agents.cli.args import Column, cell, console, mapping_arg, metrics_table, nan_mean
 from qflgym.agents.cli.commands import Command, UserInputError
+
+#: The columns of the table: one row per episode, then their mean (MB are uploaded megabytes).
+EVAL_COLUMNS: tuple[Column, ...] = (
+    ("seed", "seed", "{:.0f}"),
+    ("return", "return", "{:.3f}"),
+    ("final_accuracy", "final acc", "{:.3f}"),
+    ("rounds", "rounds", "{:.0f}"),
+    ("rounds_to_target", "rounds→target", "{:.0f}"),
+    ("total_bytes_uploaded", "MB up", "{:.3f}"),
+    ("total_wall_time_s", "sim wall s", "{:.2f}"),
+    ("runtime_s", "real s", "{:.2f}"),
+)
 
 
 def _configure_eval(p: argparse.ArgumentParser) -> None:
@@ -30,8 +42,6 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
     from qflgym.agents.controllers import make_controller
     from qflgym.agents.evaluation import evaluate
     from qflgym.agents.runtime import check_env_id, limited_threads, make_env
@@ -50,39 +60,12 @@ def _run_eval(args: argparse.Namespace) -> int:
     with limited_threads(1):
         rows = evaluate(env, controller, seeds, deterministic=not args.stochastic)
     env.close()
-    table = Table(title=f"{label} on {args.env}")
-    columns = [
-        ("seed", "seed", "{:.0f}"),
-        ("return", "return", "{:.3f}"),
-        ("final_accuracy", "final acc", "{:.3f}"),
-        ("rounds", "rounds", "{:.0f}"),
-        ("rounds_to_target", "rounds→target", "{:.0f}"),
-        ("total_bytes_uploaded", "MB up", "{:.3f}"),
-        ("total_wall_time_s", "sim wall s", "{:.2f}"),
-        ("runtime_s", "real s", "{:.2f}"),
-    ]
-    for _, header, _ in columns:
-        table.add_column(header, justify="right")
-    for row in rows:
-        cells = []
-        for key, _, fmt in columns:
-            value = row[key] / 1e6 if key == "total_bytes_uploaded" else row[key]
-            cells.append("–" if value != value else fmt.format(value))
-        table.add_row(*cells)
-    import numpy as np
-
-    mean = {
-        key: float(np.nanmean([r[key] for r in rows])) if any(r[key] == r[key] for r in rows) else float("nan")
-        for key, _, _ in columns
-    }
+    shown = [{**r, "total_bytes_uploaded": r["total_bytes_uploaded"] / 1e6} for r in rows]
+    table = metrics_table(f"{label} on {args.env}", EVAL_COLUMNS)
+    for row in shown:
+        table.add_row(*(cell(row[key], fmt) for key, _, fmt in EVAL_COLUMNS))
     table.add_section()
-    table.add_row(
-        "mean",
-        *[
-            "–" if mean[k] != mean[k] else fmt.format(mean[k] / 1e6 if k == "total_bytes_uploaded" else mean[k])
-            for k, _, fmt in columns[1:]
-        ],
-    )
+    table.add_row("mean", *(cell(nan_mean(shown, key), fmt) for key, _, fmt in EVAL_COLUMNS[1:]))
     console().print(table)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(rows, indent=2))

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qflgym.agents.cli.args import mapping_arg
+from qflgym.agents.cli.args import cell, console, mapping_arg, metrics_table, nan_mean
 from qflgym.agents.cli.commands import COMMANDS, Command, UserInputError
 
 __all__ = ["COMMAND", "add_llm_subcommands", "configure"]
@@ -112,31 +112,38 @@ def _run_sft(args: argparse.Namespace) -> int:
     from qflgym.agents.llm.train.sft_config import LLMSFTConfig
     from qflgym.agents.llm.train.sft_trainer import LLMSFTTrainer
 
-    result = _train(LLMSFTConfig, LLMSFTTrainer, args)
-    print(f"pairs {result.n_pairs}  teacher return {result.teacher_return:.4f}  s/step {result.s_per_step:.3f}")
-    if result.losses:
-        print(f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}")
-    return _report(result)
+    return _train(
+        LLMSFTConfig,
+        LLMSFTTrainer,
+        args,
+        lambda r: [
+            f"pairs {r.n_pairs}  teacher return {r.teacher_return:.4f}  s/step {r.s_per_step:.3f}",
+            *([f"loss {r.losses[0]:.4f} -> {r.losses[-1]:.4f}"] if r.losses else []),
+        ],
+    )
 
 
 def _run_grpo(args: argparse.Namespace) -> int:
     from qflgym.agents.llm.train.grpo_config import LLMGRPOConfig
     from qflgym.agents.llm.train.grpo_trainer import LLMGRPOTrainer
 
-    result = _train(LLMGRPOConfig, LLMGRPOTrainer, args)
-    print(f"states {result.n_states}  s/step {result.s_per_step:.3f}")
-    if result.rewards:
-        print(f"reward {result.rewards[0]:.4f} -> {result.rewards[-1]:.4f}")
-    return _report(result)
+    return _train(
+        LLMGRPOConfig,
+        LLMGRPOTrainer,
+        args,
+        lambda r: [
+            f"states {r.n_states}  s/step {r.s_per_step:.3f}",
+            *([f"reward {r.rewards[0]:.4f} -> {r.rewards[-1]:.4f}"] if r.rewards else []),
+        ],
+    )
 
 
-def _train(config_cls: type, trainer_cls: type, args: argparse.Namespace) -> Any:
+def _train(config_cls: type, trainer_cls: type, args: argparse.Namespace, lines: Callable[[Any], list[str]]) -> int:
+    """Train from the command line's config, print ``lines(result)``, the evaluation and where the policy is."""
     from qflgym.agents.llm.train.cli_args import dataclass_from_args
 
-    return trainer_cls(dataclass_from_args(config_cls, args)).train()
-
-
-def _report(result: Any) -> int:
+    result = trainer_cls(dataclass_from_args(config_cls, args)).train()
+    print("\n".join(lines(result)))
     _print_evaluation(result.evaluation)
     print(f"policy saved to {result.policy_dir}")
     return 0
@@ -150,10 +157,7 @@ def _print_evaluation(evaluation: dict[str, dict[str, float]]) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
-    from rich.console import Console
-    from rich.table import Table
 
     from qflgym.agents.evaluation import evaluate
     from qflgym.agents.llm.policy import POLICY_META, LLMPolicy, load_policy
@@ -192,30 +196,23 @@ def _run_eval(args: argparse.Namespace) -> int:
         teacher = make_teacher(args.teacher, env, seed=args.seed, kwargs=kwargs)
         teacher_rows = evaluate(env, teacher, seeds, deterministic=deterministic)
     env.close()
-    columns = [
+    columns = (
         ("return", "return", "{:.3f}"),
         ("final_accuracy", "final acc", "{:.3f}"),
         ("rounds", "rounds", "{:.0f}"),
         ("rounds_to_target", "rounds→target", "{:.1f}"),
         ("invalid_rate", "invalid", "{:.3f}"),
         ("decision_latency_s", "s/decision", "{:.3f}"),
-    ]
-    table = Table(title=f"{label} on {env_id} ({len(seeds)} episodes, seeds {seeds[0]}..{seeds[-1]})")
-    table.add_column("controller")
-    for _, header, _ in columns:
-        table.add_column(header, justify="right")
-
-    def mean(rs: list[dict[str, float]], key: str) -> float:
-        vals = np.array([r.get(key, math.nan) for r in rs], dtype=float)
-        return float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
-
-    summary = {"llm": {k: mean(rows, k) for k, _, _ in columns}}
+    )
+    title = f"{label} on {env_id} ({len(seeds)} episodes, seeds {seeds[0]}..{seeds[-1]})"
+    table = metrics_table(title, columns, first="controller")
+    summary = {"llm": {k: nan_mean(rows, k) for k, _, _ in columns}}
     summary["llm"]["invalid_rate_total"] = policy.invalid_rate
     if teacher_rows:
-        summary["teacher"] = {k: mean(teacher_rows, k) for k, _, _ in columns}
+        summary["teacher"] = {k: nan_mean(teacher_rows, k) for k, _, _ in columns}
     for who, values in summary.items():
-        table.add_row(who, *["–" if values[k] != values[k] else fmt.format(values[k]) for k, _, fmt in columns])
-    Console().print(table)
+        table.add_row(who, *(cell(values[k], fmt) for k, _, fmt in columns))
+    console().print(table)
     print(f"invalid rate over all decisions: {policy.invalid_rate:.4f}")
     if args.json_path:
         Path(args.json_path).write_text(
