@@ -16,6 +16,7 @@ from qflgym.agents.controllers.step_size import STEP_SIZE_RULES
 from qflgym.agents.controllers.termination import TERMINATION_RULES
 from qflgym.agents.evaluation import run_episode
 from qflgym.config import ConfigError
+from qflgym.registry import UnknownNameError
 
 N_BIG = 8  # clients of the crafted-observation env
 
@@ -69,11 +70,11 @@ def test_every_rule_is_a_registered_controller():
 
 
 def test_unknown_controller_and_argument(env):
-    with pytest.raises(ConfigError, match=r"unknown controller 'nope'; allowed: .*random-k"):
+    with pytest.raises(UnknownNameError, match=r"unknown controller 'nope'; allowed: .*random-k"):
         make_controller("nope", env)
     with pytest.raises(ConfigError, match="allowed: k, d"):
         make_controller("power-of-choice", env, q=3)
-    with pytest.raises(ConfigError, match="unknown selector 'best'; allowed: all-clients"):
+    with pytest.raises(UnknownNameError, match="unknown selector 'best'; allowed: all-clients"):
         make_controller("composite", env, selection="best")
     with pytest.raises(ConfigError, match="k must be in"):
         make_controller("random-k", env, k=N_BIG + 1)

@@ -65,6 +65,8 @@ def test_unknown_env_suggests_the_closest_ids(capsys):
 
 def test_only_real_user_errors_are_one_line_errors(capsys):
     assert not set(USER_ERRORS) & {TypeError, KeyError, ValueError, AttributeError}
+    code, _, err = run(capsys, "eval", "--controller", "nope", "--env", "QFL/ClientSelection-Tiny-v0")
+    assert code == 2 and err.startswith("qflgym eval: error: unknown controller 'nope'; allowed: ")
 
     def buggy(args: argparse.Namespace) -> int:
         raise TypeError("a bug")

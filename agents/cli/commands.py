@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from qflgym.config import ConfigError
-from qflgym.registry import Registry
+from qflgym.registry import Registry, UnknownNameError
 
 __all__ = ["COMMANDS", "USER_ERRORS", "Command", "UserInputError"]
 
@@ -54,6 +54,7 @@ COMMANDS: Registry[Command] = Registry("qflgym command", entry_point_group="qflg
 
 
 #: Exceptions reported as one-line user errors (exit status 2): invalid configs and values (``ConfigError`` and
-#: its subclasses: an algorithm that cannot act in an env, a Ray cluster that refuses the connection) and missing
-#: files. Anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+#: its subclasses: an algorithm that cannot act in an env, a Ray cluster that refuses the connection), names no
+#: registry has, and missing files. Anything else (a ``TypeError``, a plain ``KeyError``) is a bug and keeps its
+#: traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, UnknownNameError, FileNotFoundError)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from qflgym.agents.cli.args import console, mapping_arg
-from qflgym.agents.cli.commands import Command, UserInputError
+from qflgym.agents.cli.commands import Command
 
 
 def _configure_train(p: argparse.ArgumentParser) -> None:
@@ -53,8 +53,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from qflgym.agents.training.hyperparams import parse_overrides
     from qflgym.agents.training.sb3 import train
 
-    if args.algo not in ALGORITHMS:  # fail before building anything
-        raise UserInputError(f"unknown algorithm {args.algo!r}; allowed: {', '.join(ALGORITHMS.names())}")
+    ALGORITHMS.get(args.algo)  # unknown algorithm: fail before building anything
     if args.hyperparams and not Path(args.hyperparams).is_file():
         raise FileNotFoundError(f"hyperparameter file not found: {args.hyperparams}")
     config = {

@@ -110,12 +110,10 @@ def make_controller(name: str, env: Any, *, seed: int | None = None, **kwargs: A
         **kwargs: The controller's keyword arguments (see its docstring).
 
     Raises:
-        ConfigError: Naming the allowed controllers when ``name`` is unknown, or the allowed keyword arguments
-            when one is unknown.
+        UnknownNameError: Naming the allowed controllers when ``name`` is unknown.
+        ConfigError: Naming the allowed keyword arguments when one is unknown.
     """
     _load_modules()
-    if name not in CONTROLLERS:
-        raise ConfigError(f"unknown controller {name!r}; allowed: {', '.join(CONTROLLERS.names())}")
     factory = CONTROLLERS.get(name)
     check_kwargs(f"controller {name!r}", factory, kwargs, skip=("env", "seed", "self"))
     return factory(env, seed=seed, **kwargs)

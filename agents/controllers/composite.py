@@ -39,7 +39,6 @@ from qflgym.agents.controllers.observations import EnvFacts, ObsView
 from qflgym.agents.controllers.selection import SELECTORS
 from qflgym.agents.controllers.step_size import STEP_SIZE_RULES
 from qflgym.agents.controllers.termination import TERMINATION_RULES
-from qflgym.config import ConfigError
 from qflgym.envs.actions import ControlDecision
 from qflgym.registry import Registry
 
@@ -120,8 +119,6 @@ class HeuristicController(Controller):
 
 
 def _build(registry: Registry[Any], name: str, facts: EnvFacts, kwargs: Mapping[str, Any] | None) -> Any:
-    if name not in registry:
-        raise ConfigError(f"unknown {registry.kind} {name!r}; allowed: {', '.join(registry.names())}")
     cls = registry.get(name)
     check_kwargs(f"{registry.kind} {name!r}", cls.__init__, dict(kwargs or {}), skip=("self", "facts"))
     return cls(facts, **dict(kwargs or {}))
