@@ -72,7 +72,7 @@ class QFLEnv(Snapshots, gym.Env, ABC):
             "federation_seed": None,
             "round_budget": 60,
             "target_accuracy": 0.75,
-            "selection_rule": "random_k",
+            "selection_rule": "random-k",
             "clients_per_round": None,
             "selection_budget": None,
             "lr_multiplier": 1.0,

@@ -51,7 +51,7 @@ class EnvConfig(StrictModel):
     """Validation accuracy that ends the episode (``terminated``), or ``None`` for no target."""
     selection_rule: str
     """Who trains when the controller does not select (StepSize, RoundTermination): a name from
-    ``qflgym.envs.rules.SELECTION_RULES`` (random_k, all, loss_greedy, least_recent)."""
+    ``qflgym.envs.rules.SELECTION_RULES`` (random-k, all-clients, loss-greedy, least-recent)."""
     clients_per_round: int | None = Field(ge=1)
     """``k`` of the selection rule; ``None`` = ``ceil(0.3 N)``."""
     selection_budget: int | None = Field(ge=1)

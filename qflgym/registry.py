@@ -17,6 +17,13 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+class UnknownNameError(KeyError):
+    """A name no registry entry has: a user error (the message names the registry and the allowed names)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else super().__str__()
+
+
 class Registry(Generic[T]):
     """A mapping from names to objects of one shape.
 
@@ -66,14 +73,14 @@ class Registry(Generic[T]):
         """Return the entry called ``name``.
 
         Raises:
-            KeyError: Naming the registry kind and the allowed names when ``name`` is unknown.
+            UnknownNameError: A ``KeyError`` naming the registry kind and the allowed names when ``name`` is unknown.
         """
         if name not in self._entries:
             self._load_entry_points()
         try:
             return self._entries[name]
         except KeyError:
-            raise KeyError(f"unknown {self.kind} {name!r}; allowed: {', '.join(self.names())}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; allowed: {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:
         """Return the registered names, sorted."""

@@ -375,7 +375,7 @@ def test_each_episode_draws_a_new_federation_unless_the_seed_is_fixed():
     [
         ({"observation": "image"}, ["observation", "flat", "dict"]),
         ({"round_budgett": 3}, ["round_budgett", "unknown field", "round_budget"]),
-        ({"selection_rule": "best"}, ["selection_rule", "random_k", "loss_greedy"]),
+        ({"selection_rule": "best"}, ["selection_rule", "random-k", "loss-greedy"]),
         ({"reward_weights": {"speed": 1.0}}, ["reward_weights", "speed", "accuracy_gain"]),
         ({"clients_per_round": 99}, ["clients_per_round", "n_clients=4"]),
         ({"federation": {"clients": {"n_client": 3}}}, ["federation.clients.n_client", "n_clients"]),

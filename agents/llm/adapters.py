@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from qflgym.config import ConfigError
 from qflgym.registry import Registry
 
 __all__ = [
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 
-class AdapterUnavailable(ValueError):
+class AdapterUnavailable(ConfigError):
     """The requested adapter cannot run on this machine (the message says why and what to use instead)."""
 
 

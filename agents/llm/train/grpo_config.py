@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from qflgym.agents.llm.run_config import LLMRunMixin
+from qflgym.agents.llm.train.run_config import LLMRunMixin
+from qflgym.config import ConfigError
 
 __all__ = ["LLMGRPOConfig"]
 
@@ -98,7 +99,7 @@ class LLMGRPOConfig(LLMRunMixin):
         if self.beta < 0:
             errors.append(f"beta must be >= 0, got {self.beta}")
         if errors:
-            raise ValueError("invalid LLMGRPOConfig: " + "; ".join(errors))
+            raise ConfigError("invalid LLMGRPOConfig: " + "; ".join(errors))
         self.torch_dtype()
         self.adapter_config()
         self.codec_config()

@@ -6,7 +6,7 @@
 adapter (:data:`~qflgym.agents.llm.adapters.ADAPTERS`) to the base model and fine-tunes it with TRL's
 ``SFTTrainer`` (completion-only loss). The run directory holds::
 
-    config.yaml  command.txt  versions.json     the resolved config, the command line, package versions
+    config.yaml  command.txt  run.json          the resolved config, the command line, package versions
     data.jsonl                                  the recorded pairs
     policy/                                     adapter/ + qflgym_llm.json (load with ``qflgym llm eval``)
     metrics.json                                losses, seconds per step, teacher return, evaluation
@@ -27,17 +27,12 @@ import torch
 
 from qflgym.agents.llm.adapters import resolve_adapter, write_adapter_meta
 from qflgym.agents.llm.codec import TextCodec
-from qflgym.agents.llm.common import (
-    compact_lm_head,
-    make_env,
-    make_teacher,
-    prepare_run_dir,
-    rollout,
-    seconds_per_step,
-    step_timer,
-)
 from qflgym.agents.llm.policy import LLMPolicy, save_policy
-from qflgym.agents.llm.sft_config import LLMSFTConfig
+from qflgym.agents.llm.train.cli_args import prepare_run_dir
+from qflgym.agents.llm.train.rollout import make_teacher, rollout
+from qflgym.agents.llm.train.sft_config import LLMSFTConfig
+from qflgym.agents.llm.train.trl_hooks import compact_lm_head, seconds_per_step, step_timer
+from qflgym.agents.runtime import make_env
 
 __all__ = ["LLMSFTTrainer", "SFTResult", "completion_loss"]
 

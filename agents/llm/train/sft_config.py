@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from qflgym.agents.llm.run_config import LLMRunMixin
+from qflgym.agents.llm.train.run_config import LLMRunMixin
+from qflgym.config import ConfigError
 
 __all__ = ["LLMSFTConfig"]
 
@@ -85,7 +86,7 @@ class LLMSFTConfig(LLMRunMixin):
         if self.eval_episodes < 0:
             errors.append(f"eval_episodes must be >= 0, got {self.eval_episodes}")
         if errors:
-            raise ValueError("invalid LLMSFTConfig: " + "; ".join(errors))
+            raise ConfigError("invalid LLMSFTConfig: " + "; ".join(errors))
         self.torch_dtype()
         self.adapter_config()  # validates r / dropout
         self.codec_config()  # validates decimals / lr_digits

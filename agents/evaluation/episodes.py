@@ -1,18 +1,10 @@
-"""One evaluation loop for every controller: run episodes, record per-round curves and episode metrics.
+"""One evaluation loop for every controller: run episodes and record their per-round traces.
 
 :func:`run_episode` drives one env with any object that has the ``predict`` protocol and returns an
 :class:`Episode`: the per-round trace (accuracy, cumulative uploaded bytes, simulated wall time, shots,
-reward) and the episode's metrics (:func:`episode_metrics`): return, final and best accuracy, and the rounds,
-bytes, simulated wall time and shots it took to reach the target accuracy.
-
-Conventions:
-
-* ``accuracy`` is the global model's **test** accuracy when the federation evaluates the test split (the
-  default), else its validation accuracy. The *target* is checked on the **validation** accuracy, as the envs
-  do (the controller never sees test accuracy).
-* ``rounds_to_target`` is the number of rounds run when the validation accuracy first reached the target;
-  ``*_to_target`` are the cumulative costs at that round. They are NaN when the target was never reached.
-* Round 0 of a trace is the state after ``reset`` (initial accuracy, no cost).
+reward). :func:`evaluate` runs one episode per seed and turns each into the metrics of
+:mod:`qflgym.agents.evaluation.metrics`. Round 0 of a trace is the state after ``reset`` (initial accuracy, no
+cost).
 """
 
 from __future__ import annotations
@@ -24,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from qflgym.agents.controllers import env_attr, get_action_masks
+from qflgym.agents.controllers.base import get_action_masks
+from qflgym.agents.evaluation.metrics import env_target, episode_metrics
 
-__all__ = ["Episode", "env_target", "episode_metrics", "evaluate", "run_episode"]
+__all__ = ["Episode", "evaluate", "run_episode"]
 
 
 @dataclass
@@ -55,16 +48,6 @@ class Episode:
     trace: list[dict[str, float]] = field(default_factory=list)
     runtime_s: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
-
-
-def env_target(env: Any) -> float | None:
-    """The env's target validation accuracy, or None when it has none."""
-    try:
-        config = env_attr(env, "config")
-    except AttributeError:
-        return None
-    value = config.get("target_accuracy") if isinstance(config, dict) else getattr(config, "target_accuracy", None)
-    return None if value is None else float(value)
 
 
 def _num(info: dict[str, Any], *keys: str, default: float = math.nan) -> float:
@@ -159,51 +142,6 @@ def run_episode(
         episode.extra = {str(k): float(v) for k, v in (metrics() or {}).items()}
     episode.runtime_s = time.perf_counter() - start
     return episode
-
-
-def episode_metrics(episode: Episode, target: float | None) -> dict[str, float]:
-    """The headline numbers of one episode (see the module docstring for the conventions).
-
-    Returns:
-        ``return, rounds, final_accuracy, best_accuracy, final_val_accuracy, reached, rounds_to_target,
-        bytes_to_target, wall_time_to_target, shots_to_target, total_bytes_uploaded, total_wall_time_s,
-        total_shots, runtime_s`` plus the controller's extra metrics.
-    """
-    trace = episode.trace
-    accs = np.array([r["accuracy"] for r in trace[1:]] or [trace[0]["accuracy"]], dtype=float)
-    last = trace[-1]
-    row: dict[str, float] = {
-        "return": episode.total_return,
-        "rounds": episode.rounds,
-        "terminated": float(episode.terminated),
-        "truncated": float(episode.truncated),
-        "final_accuracy": float(last["accuracy"]),
-        "best_accuracy": float(np.nanmax(accs)) if np.isfinite(accs).any() else math.nan,
-        "final_val_accuracy": float(last["val_accuracy"]),
-        "target": math.nan if target is None else float(target),
-        "reached": 0.0,
-        "rounds_to_target": math.nan,
-        "bytes_to_target": math.nan,
-        "wall_time_to_target": math.nan,
-        "shots_to_target": math.nan,
-        "total_bytes_uploaded": float(last["bytes_uploaded"]),
-        "total_wall_time_s": float(last["wall_time_s"]),
-        "total_shots": float(last["shots"]),
-        "runtime_s": episode.runtime_s,
-    }
-    if target is not None:
-        for rec in trace[1:]:
-            if rec["val_accuracy"] >= target:
-                row.update(
-                    reached=1.0,
-                    rounds_to_target=float(rec["round"]),
-                    bytes_to_target=float(rec["bytes_uploaded"]),
-                    wall_time_to_target=float(rec["wall_time_s"]),
-                    shots_to_target=float(rec["shots"]),
-                )
-                break
-    row.update(episode.extra)
-    return row
 
 
 def evaluate(

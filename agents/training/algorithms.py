@@ -11,12 +11,13 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from qflgym.config import ConfigError
 from qflgym.registry import Registry
 
 __all__ = ["ALGORITHMS", "AlgorithmSpec", "UnsupportedActionSpaceError", "check_action_space", "supporting"]
 
 
-class UnsupportedActionSpaceError(ValueError):
+class UnsupportedActionSpaceError(ConfigError):
     """An algorithm cannot act in an env's action space; the message lists the algorithms that can."""
 
 

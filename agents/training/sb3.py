@@ -1,7 +1,7 @@
 """Train Stable-Baselines3 (and sb3-contrib) agents on qflgym envs: the engine behind ``qflgym train``.
 
 A run is described by a :class:`TrainConfig` (each field documented; it doubles as the CLI) plus the
-hyperparameters of the env id in a zoo-format YAML file (:mod:`qflgym.agents.hyperparams`). :func:`train`
+hyperparameters of the env id in a zoo-format YAML file (:mod:`qflgym.agents.training.hyperparams`). :func:`train`
 
 1. checks that the algorithm supports the env's action space (the error lists the algorithms that do),
 2. builds ``n_envs`` vectorized training envs (seeds ``seed .. seed + n_envs - 1``) and one evaluation env
@@ -14,17 +14,15 @@ hyperparameters of the env id in a zoo-format YAML file (:mod:`qflgym.agents.hyp
          model.zip            final model          best_model.zip     best periodic evaluation
          checkpoints/         periodic snapshots   evaluations.npz    EvalCallback's log
          tb/                  TensorBoard logs     vecnormalize.pkl   observation statistics (normalize: true)
-         config.yml           the hyperparameters actually used, in zoo format (re-runnable)
-         args.yml             every resolved setting, versions and seeds   command.txt   the command line
+         config.yaml          every resolved setting and seed    command.txt   the command line
+         run.json             package versions (the record of :func:`qflgym.runs.write_run_record`)
+         hyperparams.yml      the hyperparameters actually used, in zoo format (re-runnable with --hyperparams)
          metrics.json         timesteps, seconds, steps per second
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import platform
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -34,12 +32,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field
 
-from qflgym.agents.algorithms import check_action_space
-from qflgym.agents.hyperparams import default_hyperparams_path, load_hyperparams, resolve
-from qflgym.agents.runtime import limited_threads, make_thread_limited_env
-from qflgym.config import StrictModel, build_config
+from qflgym.agents.runtime import check_env_id, limited_threads, make_env, make_vec_env
+from qflgym.agents.training.algorithms import check_action_space
+from qflgym.agents.training.hyperparams import default_hyperparams_path, load_hyperparams, resolve
+from qflgym.config import ConfigError, StrictModel, build_config
+from qflgym.runs import to_yaml_safe, write_run_record
 
-__all__ = ["EVAL_SEED_OFFSET", "TrainConfig", "TrainResult", "make_env", "make_vec_env", "run_name", "train"]
+__all__ = ["EVAL_SEED_OFFSET", "TrainConfig", "TrainResult", "run_name", "train"]
 
 #: The periodic-evaluation env of a run seeded ``seed`` uses seed ``seed + EVAL_SEED_OFFSET``.
 EVAL_SEED_OFFSET = 10_000
@@ -113,83 +112,9 @@ class TrainResult:
         return self.timesteps / self.seconds if self.seconds > 0 else float("nan")
 
 
-def make_env(env_id: str, env_config: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-    """``gym.make`` a qflgym env (registering the suite first), with ``config=`` overrides when given.
-
-    Raises:
-        gymnasium.error.Error: Unknown env id (Gymnasium's message suggests close names).
-    """
-    import gymnasium as gym
-
-    import qflgym.envs  # noqa: F401 -- registers the QFL/ ids
-
-    if env_config:
-        kwargs["config"] = dict(env_config)
-    return gym.make(env_id, **kwargs)
-
-
-def check_env_id(env_id: str) -> None:
-    """Raise a ``ValueError`` naming the registered QFL ids when ``env_id`` is not registered."""
-    import gymnasium as gym
-
-    import qflgym.envs  # noqa: F401
-
-    if env_id not in gym.registry:
-        qfl = sorted(k for k in gym.registry if k.startswith("QFL/"))
-        raise ValueError(f"unknown env id {env_id!r}; registered qflgym envs: {', '.join(qfl)}")
-
-
-def make_vec_env(
-    env_id: str,
-    n_envs: int,
-    seed: int,
-    env_config: dict[str, Any] | None = None,
-    vec_env: str = "dummy",
-    threads: int | None = 1,
-) -> Any:
-    """SB3's ``make_vec_env`` for a qflgym id: ``n_envs`` Monitor-wrapped envs seeded ``seed + i``.
-
-    With ``vec_env="subproc"`` every worker process limits itself to ``threads`` torch/BLAS threads.
-    """
-    from functools import partial
-
-    from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
-
-    subproc = vec_env == "subproc"
-    factory = partial(make_thread_limited_env, env_id, dict(env_config or {}), threads if subproc else None)
-    return sb3_make_vec_env(
-        factory,
-        n_envs=n_envs,
-        seed=seed,
-        env_kwargs={"render_mode": None},
-        vec_env_cls=SubprocVecEnv if subproc else DummyVecEnv,
-    )
-
-
 def run_name(env_id: str, seed: int) -> str:
     """``<env>__s<seed>__<YYYYmmdd-HHMMSS>`` (slashes in the env id become dashes)."""
     return f"{env_id.replace('/', '-')}__s{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("qflgym", "gymnasium", "stable-baselines3", "sb3-contrib", "torch", "numpy"):
-        with contextlib.suppress(PackageNotFoundError):
-            out[pkg] = version(pkg)
-    return out
-
-
-def _to_yaml_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _to_yaml_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_to_yaml_safe(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return repr(value)
 
 
 def train(config: TrainConfig | dict[str, Any], argv: list[str] | None = None) -> TrainResult:
@@ -224,10 +149,15 @@ def _train(cfg: TrainConfig, argv: list[str] | None) -> TrainResult:
         print(f"note: no hyperparameters for {cfg.env} in {hp_path}; using SB3's defaults", file=sys.stderr)
     hyperparams = {**file_hp, **cfg.overrides}
     algo_class = algo_spec.load_class()
-    trainer, algo_kwargs = resolve(algo_class, hyperparams, source=f"{hp_path} [{cfg.env}]")
+    trainer, algo_kwargs = resolve(
+        algo_class,
+        hyperparams,
+        source=f"{hp_path} [{cfg.env}]",
+        sources={key: f"--set {key}={value}" for key, value in cfg.overrides.items()},
+    )
     timesteps = cfg.timesteps or trainer.get("n_timesteps")
     if not timesteps:
-        raise ValueError(f"no training budget: pass timesteps or set n_timesteps for {cfg.env} in {hp_path}")
+        raise ConfigError(f"no training budget: pass timesteps or set n_timesteps for {cfg.env} in {hp_path}")
     n_envs = cfg.n_envs or int(trainer.get("n_envs", 1))
     normalize = trainer.get("normalize", False)
     policy = trainer.get("policy", "MlpPolicy")
@@ -238,7 +168,6 @@ def _train(cfg: TrainConfig, argv: list[str] | None) -> TrainResult:
 
     set_random_seed(cfg.seed)
     run_dir = Path(cfg.out) / cfg.algo / (cfg.run_name or run_name(cfg.env, cfg.seed))
-    run_dir.mkdir(parents=True, exist_ok=True)
 
     train_seeds = [cfg.seed + i for i in range(n_envs)]
     eval_seed = cfg.seed + EVAL_SEED_OFFSET
@@ -251,11 +180,10 @@ def _train(cfg: TrainConfig, argv: list[str] | None) -> TrainResult:
         "n_envs": n_envs,
         "train_env_seeds": train_seeds,
         "eval_env_seed": eval_seed if cfg.eval_freq else None,
-        "versions": _versions(),
+        "resolved_hyperparams": resolved_hp,
     }
-    (run_dir / "config.yml").write_text(yaml.safe_dump({cfg.env: _to_yaml_safe(resolved_hp)}, sort_keys=False))
-    (run_dir / "args.yml").write_text(yaml.safe_dump(_to_yaml_safe(args), sort_keys=False))
-    (run_dir / "command.txt").write_text(shlex.join(sys.argv if argv is None else argv) + "\n")
+    write_run_record(run_dir, args, argv)
+    (run_dir / "hyperparams.yml").write_text(yaml.safe_dump({cfg.env: to_yaml_safe(resolved_hp)}, sort_keys=False))
 
     venv = make_vec_env(cfg.env, n_envs, cfg.seed, cfg.env_config, cfg.vec_env, cfg.torch_threads)
     norm_kwargs = normalize if isinstance(normalize, dict) else {}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import difflib
 import inspect
 from collections.abc import Mapping
 from pathlib import Path
@@ -81,6 +82,11 @@ def load_hyperparams(path: str | Path, env_id: str) -> tuple[dict[str, Any], boo
     return copy.deepcopy(entry), True
 
 
+def _did_you_mean(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, [*allowed, *TRAINER_KEYS], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """Parse ``key=value`` (or the zoo's ``key:value``) overrides; values are read as YAML.
 
@@ -137,7 +143,10 @@ def _eval_policy_kwargs(text: str) -> dict[str, Any]:
 
 
 def resolve(
-    algo_class: type[Any], hyperparams: Mapping[str, Any], source: str = "hyperparameters"
+    algo_class: type[Any],
+    hyperparams: Mapping[str, Any],
+    source: str = "hyperparameters",
+    sources: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split and convert a zoo mapping into trainer settings and algorithm keyword arguments.
 
@@ -145,6 +154,7 @@ def resolve(
         algo_class: The SB3 algorithm class (its constructor's signature validates the keys).
         hyperparams: The zoo mapping of one env id.
         source: Where the mapping came from (for error messages).
+        sources: Where single keys came from instead (e.g. ``{"n_steps": "--set n_steps=64"}`` for overrides).
 
     Returns:
         ``(trainer, algo_kwargs)``: ``trainer`` holds the :data:`TRAINER_KEYS` present; ``algo_kwargs`` the
@@ -158,15 +168,17 @@ def resolve(
     trainer: dict[str, Any] = {}
     kwargs: dict[str, Any] = {}
     for key, value in hyperparams.items():
+        where = (sources or {}).get(key, source)
         if key in TRAINER_KEYS:
             trainer[key] = value
         elif key in UNSUPPORTED_KEYS:
             raise ConfigError(
-                f"{source}: {key!r} is a zoo feature qflgym train does not implement; use rl_zoo3's trainer"
+                f"{where}: {key!r} is a zoo feature qflgym train does not implement; use rl_zoo3's trainer"
             )
         elif key not in allowed:
             raise ConfigError(
-                f"{source}: unknown hyperparameter {key!r} for {algo_class.__name__}; allowed: "
+                f"{where}: unknown hyperparameter {key!r} for {algo_class.__name__}"
+                f"{_did_you_mean(key, allowed)}; allowed: "
                 f"{', '.join(sorted([*allowed, *TRAINER_KEYS]))}"
             )
         elif key == "policy_kwargs" and isinstance(value, str):

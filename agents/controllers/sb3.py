@@ -2,7 +2,7 @@
 
 A model saved by ``qflgym train`` (or any SB3 ``.zip``) is loaded with :meth:`SB3Controller.load`; when the
 run directory holds ``vecnormalize.pkl`` its observation statistics are applied, and MaskablePPO models
-receive the env's action masks. The algorithm is read from the run's ``args.yml`` when not given.
+receive the env's action masks. The algorithm is read from the run's ``config.yaml`` when not given.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from qflgym.agents.algorithms import ALGORITHMS
-from qflgym.agents.controllers import CONTROLLERS, env_attr
+from qflgym.agents.controllers.base import CONTROLLERS, env_attr
+from qflgym.agents.training.algorithms import ALGORITHMS
+from qflgym.config import ConfigError
+from qflgym.runs import CONFIG_FILE
 
 __all__ = ["SB3Controller", "find_model", "infer_algo"]
 
@@ -42,11 +44,11 @@ def find_model(path: str | Path) -> Path:
 
 
 def infer_algo(model_path: Path) -> str | None:
-    """Read the algorithm name from the ``args.yml`` of the run directory holding ``model_path``."""
+    """Read the algorithm name from the ``config.yaml`` of the run directory holding ``model_path``."""
     for folder in (model_path.parent, model_path.parent.parent):
-        args = folder / "args.yml"
-        if args.is_file():
-            algo = (yaml.safe_load(args.read_text()) or {}).get("algo")
+        record = folder / CONFIG_FILE
+        if record.is_file():
+            algo = (yaml.safe_load(record.read_text()) or {}).get("algo")
             if algo:
                 return str(algo)
     return None
@@ -74,7 +76,7 @@ class SB3Controller:
 
         Args:
             path: Model file or run directory.
-            algo: Algorithm name; default read from the run's ``args.yml``, else tried in turn.
+            algo: Algorithm name; default read from the run's ``config.yaml``, else tried in turn.
             device: Torch device.
         """
         model_path = find_model(path)
@@ -88,7 +90,7 @@ class SB3Controller:
             except Exception as err:  # try the next algorithm, report all failures below
                 errors.append(f"{name}: {err}")
         else:
-            raise ValueError(f"could not load {model_path} as any of {', '.join(names)}: {'; '.join(errors)}")
+            raise ConfigError(f"could not load {model_path} as any of {', '.join(names)}: {'; '.join(errors)}")
         normalizer = None
         stats = model_path.parent / "vecnormalize.pkl"
         if stats.is_file():
@@ -127,13 +129,13 @@ def sb3(env: Any, *, seed: int | None = None, path: str = "", algo: str | None =
         algo: Algorithm name (ppo, a2c, dqn, sac, td3, maskable-ppo); default read from the run directory.
     """
     if not path:
-        raise ValueError("controller 'sb3' needs path= (a model .zip or a qflgym train run directory)")
+        raise ConfigError("controller 'sb3' needs path= (a model .zip or a qflgym train run directory)")
     controller = SB3Controller.load(path, algo=algo)
     obs_space = env_attr(env, "observation_space")
     act_space = env_attr(env, "action_space")
     model = controller.model
     if model.observation_space.shape != obs_space.shape or model.action_space != act_space:
-        raise ValueError(
+        raise ConfigError(
             f"model {path} was trained on observation {model.observation_space.shape} / action "
             f"{model.action_space}, but the env has observation {obs_space.shape} / action {act_space}"
         )

@@ -1,4 +1,4 @@
-"""Controllers: one ``predict`` protocol for heuristics, SB3 models and LLM policies; one registry of names.
+"""The controller contract: one ``predict`` protocol for heuristics, SB3 models and LLM policies; one registry of names.
 
 Everything that acts on a qflgym env implements Stable-Baselines3's prediction protocol::
 
@@ -6,7 +6,7 @@ Everything that acts on a qflgym env implements Stable-Baselines3's prediction p
 
 ``observation`` is one flat observation or a batch of them (one row per sub-env of a ``VecEnv``); the action
 comes back with the same leading shape. That is all the evaluation loop (:mod:`qflgym.agents.evaluation`) and
-the benchmark harness (:mod:`qflgym.agents.benchmark`) need, so a heuristic, a trained SB3 model and an LLM
+the benchmark harness (:mod:`qflgym.agents.bench`) need, so a heuristic, a trained SB3 model and an LLM
 policy are benchmarked by the same code.
 
 Controllers are built by name from :data:`CONTROLLERS`::
@@ -31,11 +31,12 @@ from __future__ import annotations
 import importlib
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from qflgym.config import ConfigError
 from qflgym.registry import Registry, import_available
 
 __all__ = [
@@ -43,6 +44,8 @@ __all__ = [
     "PLUGIN_MODULES",
     "Controller",
     "PredictProtocol",
+    "check_kwargs",
+    "controller_kwargs",
     "controller_names",
     "env_attr",
     "get_action_masks",
@@ -74,7 +77,8 @@ CONTROLLERS: Registry[ControllerFactory] = Registry("controller", entry_point_gr
 #: Modules imported (when installed) before a controller lookup fails; they register their own entries.
 PLUGIN_MODULES: tuple[str, ...] = ("qflgym.agents.llm",)
 
-_BUILTIN_MODULES: tuple[str, ...] = ("qflgym.agents.heuristics", "qflgym.agents.sb3_controller")
+#: The built-in controller modules (imported on the first lookup); a new controller family adds its module here.
+_BUILTIN_MODULES: tuple[str, ...] = ("qflgym.agents.controllers.composite", "qflgym.agents.controllers.sb3")
 _plugins_loaded = False
 
 
@@ -106,12 +110,12 @@ def make_controller(name: str, env: Any, *, seed: int | None = None, **kwargs: A
         **kwargs: The controller's keyword arguments (see its docstring).
 
     Raises:
-        KeyError: Naming the allowed controllers when ``name`` is unknown.
-        TypeError: Naming the allowed keyword arguments when one is unknown.
+        UnknownNameError: Naming the allowed controllers when ``name`` is unknown.
+        ConfigError: Naming the allowed keyword arguments when one is unknown.
     """
     _load_modules()
     factory = CONTROLLERS.get(name)
-    _check_kwargs(name, factory, kwargs)
+    check_kwargs(f"controller {name!r}", factory, kwargs, skip=("env", "seed", "self"))
     return factory(env, seed=seed, **kwargs)
 
 
@@ -123,16 +127,23 @@ def controller_kwargs(name: str) -> list[str]:
     return [p for p, v in params.items() if p not in ("env", "seed", "self") and v.kind is not v.VAR_KEYWORD]
 
 
-def _check_kwargs(name: str, factory: ControllerFactory, kwargs: dict[str, Any]) -> None:
+def check_kwargs(what: str, factory: Callable[..., Any], kwargs: Mapping[str, Any], skip: Sequence[str]) -> None:
+    """Raise a ``ConfigError`` naming the allowed keyword arguments when ``kwargs`` has one ``factory`` lacks.
+
+    Args:
+        what: What is being built, for the message (``controller 'oort'``).
+        factory: The callable the arguments are for.
+        kwargs: The keyword arguments.
+        skip: Parameters that are not the user's to pass (``self``, ``env``, ...).
+    """
     params = inspect.signature(factory).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
-    allowed = [p for p in params if p not in ("env", "seed", "self")]
+    allowed = [p for p in params if p not in skip]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
-        raise TypeError(
-            f"controller {name!r} got unknown argument(s) {', '.join(unknown)}; "
-            f"allowed: {', '.join(allowed) or '(none)'}"
+        raise ConfigError(
+            f"{what} got unknown argument(s) {', '.join(unknown)}; allowed: {', '.join(allowed) or '(none)'}"
         )
 
 

@@ -12,7 +12,7 @@ Generation uses the policy's grammar-constrained sampler through TRL's ``rollout
 it scores only grammar-legal tokens (a few dozen rows of the LM head instead of Gemma's 262k) and never produces
 unparseable text, which is how the policy decodes at evaluation too. TRL's ``environment_factory`` targets
 multi-turn tool-calling conversations; a QFL decision is one completion per state, so the reward function is where
-the env fits. The run directory holds ``config.yaml``, ``command.txt``, ``versions.json``, ``states.jsonl``
+the env fits. The run directory holds the run record (``config.yaml``, ``command.txt``, ``run.json``), ``states.jsonl``
 (prompt, episode, step), ``policy/`` and ``metrics.json``.
 """
 
@@ -33,19 +33,13 @@ import torch
 
 from qflgym.agents.llm.adapters import ADAPTERS, resolve_adapter, write_adapter_meta
 from qflgym.agents.llm.codec import CodecConfig, TextCodec
-from qflgym.agents.llm.common import (
-    compact_lm_head,
-    make_env,
-    make_teacher,
-    prepare_run_dir,
-    rollout,
-    seconds_per_step,
-    step_timer,
-    teacher_options,
-)
-from qflgym.agents.llm.grpo_config import LLMGRPOConfig
 from qflgym.agents.llm.models import load_model
 from qflgym.agents.llm.policy import POLICY_META, LLMPolicy, save_policy
+from qflgym.agents.llm.train.cli_args import prepare_run_dir
+from qflgym.agents.llm.train.grpo_config import LLMGRPOConfig
+from qflgym.agents.llm.train.rollout import make_teacher, rollout, teacher_options
+from qflgym.agents.llm.train.trl_hooks import compact_lm_head, seconds_per_step, step_timer
+from qflgym.agents.runtime import make_env
 
 # ``rollout_func`` is marked experimental in TRL 1.x; we rely on it knowingly (see the module docstring).
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -370,7 +364,7 @@ class LLMGRPOTrainer:
             n_states=len(bank),
         )
         if cfg.eval_episodes > 0:
-            from qflgym.agents.llm.sft_trainer import evaluate_against_teacher
+            from qflgym.agents.llm.train.sft_trainer import evaluate_against_teacher
 
             teacher = cfg.teacher or self.meta.get("teacher") or cfg.state_policy
             if teacher == "self":
