@@ -26,16 +26,14 @@ from qflgym.qfl_core.federation import Federation, RoundReport
 
 from .actions import ActionCodec, ControlDecision, LearningRateMap
 from .config import EnvConfig, merge_presets, resolve_env_config
-from .observation import CLIENT_FEATURES, GLOBAL_FEATURES, ObservationLayout, RoundScales, static_client_features
+from .objectives import OBJECTIVES, EpisodeOutcome
+from .observation import ObservationLayout, RoundScales, static_client_features
 from .render import RoundRecord, render_ansi, render_rgb_array
 from .rewards import BUILTIN_TERMS, RewardContext, resolve_terms
 from .rules import SELECTION_RULES, ClientState
 from .snapshot import Snapshots
 
 __all__ = ["QFLEnv"]
-
-_C = {name: i for i, name in enumerate(CLIENT_FEATURES)}
-
 
 class QFLEnv(Snapshots, gym.Env, ABC):
     """Base class of the QFL envs (not registered itself); see the subclasses for the Markdown docs.
@@ -81,6 +79,12 @@ class QFLEnv(Snapshots, gym.Env, ABC):
             "local_steps": None,
             "local_steps_range": [1, 5],
             "observation": "flat",
+            "features": "v0",
+            "objective": "rounds_to_target",
+            "shot_price": 0.0,
+            "cost_scale": 1.0,
+            "cost_budget": None,
+            "cost_weight": 0.0,
             "reward_terms": {},
             "reward_weights": {name: 0.0 for name in BUILTIN_TERMS} | {"accuracy_gain": 1.0},
         }
@@ -105,7 +109,9 @@ class QFLEnv(Snapshots, gym.Env, ABC):
         self.config: EnvConfig = resolve_env_config(defaults, config, what)
         cfg = self.config
         self.n_clients = cfg.n_clients
-        self.layout = ObservationLayout(self.n_clients)
+        self.layout = ObservationLayout(self.n_clients, cfg.features)
+        self._objective = OBJECTIVES.get(cfg.objective)
+        self._cost_reference = cfg.cost_budget or cfg.round_budget * cfg.cost_scale
         self._dict_obs = cfg.observation == "dict"
         self.observation_space = self.layout.dict_space() if self._dict_obs else self.layout.flat_space()
         self._obs_low = np.concatenate([np.tile(self.layout.client_low, self.n_clients), self.layout.global_low])
@@ -176,6 +182,9 @@ class QFLEnv(Snapshots, gym.Env, ABC):
         self._total_bytes = 0.0
         self._total_time = 0.0
         self._total_shots = 0.0
+        self._total_cost = 0.0
+        self._last_cost = 0.0
+        self._accuracy = _accuracy(initial)
         self._last_lr = self._fixed_lr
         self._last_steps = self._fixed_steps
         self._steps = 0
@@ -212,7 +221,7 @@ class QFLEnv(Snapshots, gym.Env, ABC):
             entry[0].load_state_dict(copy.deepcopy(entry[1]))
         fed = self.federation = entry[0]
         self._fed_seed = seed
-        self._client_obs = static_client_features(fed)
+        self._client_obs = static_client_features(fed, self.layout, self.config.shot_price, self.config.cost_scale)
         self._scales = RoundScales.of(fed, self._fixed_steps)
         self._has_availability = hasattr(fed, "available")
 
@@ -283,6 +292,8 @@ class QFLEnv(Snapshots, gym.Env, ABC):
             bytes_scale=self._scales.bytes,
             time_scale=self._scales.time,
             shots_scale=self._scales.shots,
+            cost=0.0 if report is None else self._last_cost,
+            cost_scale=self.config.cost_scale,
             env=self,
         )
         return {name: float(fn(ctx)) for name, fn in zip(self._reward_names, self._reward_fns, strict=True)}
@@ -305,8 +316,11 @@ class QFLEnv(Snapshots, gym.Env, ABC):
         return stopped or reached_now
 
     def _truncated(self, terminated: bool) -> bool:
-        """The round budget is spent (the env truncates by itself; see :attr:`spec`)."""
-        return not terminated and self._steps >= self._budget
+        """The round budget or the cost budget is spent (the env truncates by itself; see :attr:`spec`)."""
+        if terminated:
+            return False
+        cost_budget = self.config.cost_budget
+        return self._steps >= self._budget or (cost_budget is not None and self._total_cost >= cost_budget)
 
     def _record(self, report: RoundReport | None, reward: float, stopped: bool) -> RoundRecord:
         """The step as the renderers show it."""
@@ -344,10 +358,34 @@ class QFLEnv(Snapshots, gym.Env, ABC):
             "total_bytes": self._total_bytes,
             "total_wall_time_s": self._total_time,
             "total_shots": self._total_shots,
+            "cost": 0.0 if report is None else self._last_cost,
+            "total_cost": self._total_cost,
+            "objective": self.objective_value(),
             "stopped": stopped,
             "target_reached": self._reached,
             "rewards": terms,
         }
+
+    @property
+    def val_accuracy(self) -> float:
+        """Validation accuracy of the current global model."""
+        return self._val_acc
+
+    def objective_value(self) -> float:
+        """The episode's objective (``config.objective``) if it ended now: lower is better."""
+        cfg = self.config
+        return self._objective(
+            EpisodeOutcome(
+                rounds=self.client_state.rounds,
+                total_cost=self._total_cost,
+                reached=self._reached,
+                final_accuracy=self._accuracy,
+                round_budget=self._budget,
+                cost_budget=cfg.cost_budget,
+                cost_scale=cfg.cost_scale,
+                cost_weight=cfg.cost_weight,
+            )
+        )
 
     def _apply_report(self, report: RoundReport, selected: np.ndarray) -> None:
         st = self.client_state
@@ -367,6 +405,9 @@ class QFLEnv(Snapshots, gym.Env, ABC):
         self._total_bytes += report.bytes_uploaded + report.bytes_downloaded
         self._total_time += report.wall_time_s
         self._total_shots += report.shots_used
+        self._last_cost = report.wall_time_s + self.config.shot_price * report.shots_used
+        self._total_cost += self._last_cost
+        self._accuracy = _accuracy({"test_accuracy": report.test_accuracy, "val_accuracy": report.val_accuracy})
         self._last_lr = report.lr
         self._last_steps = report.local_steps
         self._read_availability()
@@ -374,10 +415,11 @@ class QFLEnv(Snapshots, gym.Env, ABC):
     # ---------------------------------------------------------------------------------------- observations
     def _observation(self) -> Any:
         c = self._client_obs
+        index = self.layout.client_index
         for name, column in self._client_features().items():
-            c[:, _C[name]] = column
+            c[:, index[name]] = column
         g = self._global_features()
-        globals_ = np.array([g[name] for name in GLOBAL_FEATURES], dtype=np.float32)
+        globals_ = np.array([g[name] for name in self.layout.global_features], dtype=np.float32)
         obs = np.concatenate((c.reshape(-1), globals_))
         np.minimum(obs, self._obs_high, out=obs)
         np.maximum(obs, self._obs_low, out=obs)
@@ -420,6 +462,7 @@ class QFLEnv(Snapshots, gym.Env, ABC):
             "local_steps": self._last_steps / self.config.local_steps_range[1],
             "available_fraction": np.count_nonzero(st.available) / self.n_clients,
             "target_gap": 0.0 if self._target is None else self._target - self._val_acc,
+            "cost_spent": self._total_cost / self._cost_reference,
         }
 
     def action_masks(self) -> np.ndarray:
@@ -448,6 +491,12 @@ def _preset_names(presets: Sequence[str], what: str) -> tuple[str, ...]:
     if isinstance(presets, str) or not all(isinstance(name, str) for name in presets):
         raise ConfigError(f"{what} presets: must be a sequence of env preset names, got {presets!r}")
     return tuple(presets)
+
+
+def _accuracy(metrics: Mapping[str, float]) -> float:
+    """Test accuracy when the federation evaluates the test split (not NaN), else validation accuracy."""
+    test = metrics["test_accuracy"]
+    return float(metrics["val_accuracy"] if test != test else test)
 
 
 def _none_if_nan(value: float) -> float | None:

@@ -68,6 +68,21 @@ class EnvConfig(StrictModel):
     """``[low, high]`` local steps reachable by step-size actions."""
     observation: Literal["flat", "dict"]
     """``flat``: one ``Box`` (SB3 ``MlpPolicy``); ``dict``: ``{"clients": [N, F], "global": [G]}``."""
+    features: Literal["v0", "v1"]
+    """Observation version (``qflgym.envs.observation.FEATURE_SETS``): ``v1`` adds each client's cost of one
+    local step and the cost spent so far."""
+    objective: str
+    """The episode objective reported in ``info["objective"]`` (lower is better): a name from
+    ``qflgym.envs.objectives.OBJECTIVES`` (rounds_to_target, cost_to_target, error_plus_cost)."""
+    shot_price: float = Field(ge=0.0)
+    """Cost of one shot in seconds-equivalents: a round costs ``wall_time_s + shot_price x shots``."""
+    cost_scale: float = Field(gt=0.0)
+    """Reference cost: the unit of the ``cost`` reward term, the ``step_*`` features and ``cost_weight``."""
+    cost_budget: float | None = Field(gt=0.0)
+    """The episode is truncated once its cost reaches this (``None``: only the round budget ends it);
+    ``cost_to_target`` counts an episode that missed the target at this value."""
+    cost_weight: float = Field(ge=0.0)
+    """``error_plus_cost``: accuracy points the operator pays per ``cost_scale`` of cost."""
     reward_terms: dict[str, Callable[..., float]]
     """Extra reward terms: callables ``term(ctx) -> float`` keyed by the name used in ``reward_weights``."""
     reward_weights: dict[str, float]
@@ -75,6 +90,7 @@ class EnvConfig(StrictModel):
     ``info["rewards"]``."""
 
     _selection_rule = field_validator("selection_rule")(registered_name("qflgym.envs.rules:SELECTION_RULES"))
+    _objective = field_validator("objective")(registered_name("qflgym.envs.objectives:OBJECTIVES"))
 
     @field_validator("clients_per_round", "selection_budget")
     @classmethod

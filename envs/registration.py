@@ -47,6 +47,19 @@ REGISTRATIONS: tuple[EnvRegistration, ...] = (
     EnvRegistration("QFL/FullControl-v0", _FULL_CONTROL),
     EnvRegistration("QFL/FullControl-Hard-v0", _FULL_CONTROL, ("hard",)),
     EnvRegistration("QFL/FullControl-Tiny-v0", _FULL_CONTROL, ("tiny",)),
+    EnvRegistration("QFL/ClientSelection-v1", _CLIENT_SELECTION, ("v1", "client_selection_v1")),
+    EnvRegistration("QFL/ClientSelection-Hard-v1", _CLIENT_SELECTION, ("v1", "client_selection_v1", "hard_v1")),
+    EnvRegistration("QFL/ClientSelection-Large-v1", _CLIENT_SELECTION, ("v1", "client_selection_v1", "large_v1")),
+    EnvRegistration("QFL/ClientSelection-Tiny-v1", _CLIENT_SELECTION, ("v1", "client_selection_v1", "tiny_v1")),
+    EnvRegistration("QFL/StepSize-v1", _STEP_SIZE, ("v1", "step_size_v1")),
+    EnvRegistration("QFL/StepSize-Hard-v1", _STEP_SIZE, ("v1", "step_size_v1", "hard_v1")),
+    EnvRegistration("QFL/StepSize-Tiny-v1", _STEP_SIZE, ("v1", "step_size_v1", "tiny_v1")),
+    EnvRegistration("QFL/RoundTermination-v1", _ROUND_TERMINATION, ("v1", "round_termination_v1")),
+    EnvRegistration("QFL/RoundTermination-Hard-v1", _ROUND_TERMINATION, ("v1", "round_termination_v1", "hard_v1")),
+    EnvRegistration("QFL/RoundTermination-Tiny-v1", _ROUND_TERMINATION, ("v1", "round_termination_v1", "tiny_v1")),
+    EnvRegistration("QFL/FullControl-v1", _FULL_CONTROL, ("v1", "full_control_v1")),
+    EnvRegistration("QFL/FullControl-Hard-v1", _FULL_CONTROL, ("v1", "full_control_v1", "hard_v1")),
+    EnvRegistration("QFL/FullControl-Tiny-v1", _FULL_CONTROL, ("v1", "full_control_v1", "tiny_v1")),
 )
 
 #: Every registered id, in the order of :data:`REGISTRATIONS`.

@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = ["Snapshots"]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 #: The env's scalar bookkeeping, saved under the attribute name without its leading underscore.
 _SCALARS: tuple[str, ...] = (
     "_val_acc",
@@ -25,6 +25,9 @@ _SCALARS: tuple[str, ...] = (
     "_total_bytes",
     "_total_time",
     "_total_shots",
+    "_total_cost",
+    "_last_cost",
+    "_accuracy",
     "_last_lr",
     "_last_steps",
     "_steps",

@@ -78,7 +78,11 @@ CONTROLLERS: Registry[ControllerFactory] = Registry("controller", entry_point_gr
 PLUGIN_MODULES: tuple[str, ...] = ("qflgym.agents.llm",)
 
 #: The built-in controller modules (imported on the first lookup); a new controller family adds its module here.
-_BUILTIN_MODULES: tuple[str, ...] = ("qflgym.agents.controllers.composite", "qflgym.agents.controllers.sb3")
+_BUILTIN_MODULES: tuple[str, ...] = (
+    "qflgym.agents.controllers.composite",
+    "qflgym.agents.controllers.sb3",
+    "qflgym.agents.controllers.lookahead",
+)
 _plugins_loaded = False
 
 

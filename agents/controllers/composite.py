@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from qflgym.agents.controllers import informed  # noqa: F401  (registers the informed rules)
 from qflgym.agents.controllers.base import CONTROLLERS, Controller, check_kwargs, env_attr
 from qflgym.agents.controllers.observations import EnvFacts, ObsView
 from qflgym.agents.controllers.selection import SELECTORS
@@ -107,9 +108,10 @@ class HeuristicController(Controller):
         t = memory.get("t", 0)
         memory["t"] = t + 1
         sel_mem = memory.setdefault("selection", {})
+        step_mem = memory.setdefault("step_size", {})
         term_mem = memory.setdefault("termination", {})
         selected = np.asarray(self.selection.select(view, sel_mem, self.rng), dtype=bool)
-        lr, local_steps = self.step_size(t)
+        lr, local_steps = self.step_size(t, view, step_mem)
         stop = bool(self.termination(view, term_mem))
         return ControlDecision(selected=selected, lr=float(lr), local_steps=int(local_steps), stop=stop)
 

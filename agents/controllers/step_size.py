@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from typing import Any
 
-from qflgym.agents.controllers.observations import EnvFacts
+from qflgym.agents.controllers.observations import EnvFacts, ObsView
 from qflgym.config import ConfigError
 from qflgym.registry import Registry
 
 __all__ = ["STEP_SIZE_RULES", "ConstantLR", "CosineLR", "StepDecay", "StepSizeRule"]
 
-#: Step-size rules by name: ``cls(facts, **kwargs)`` with ``__call__(round) -> (lr, local_steps)``.
+#: Step-size rules by name: ``cls(facts, **kwargs)`` with ``__call__(round, view, memory) -> (lr, local_steps)``
+#: (schedules ignore the observation; reactive rules read it and keep their state in ``memory``).
 STEP_SIZE_RULES: Registry[type[StepSizeRule]] = Registry("step-size rule")
 
 
@@ -37,15 +39,15 @@ class StepSizeRule(ABC):
             raise ConfigError(f"local_steps must be >= 1, got {self.local_steps}")
 
     @abstractmethod
-    def __call__(self, t: int) -> tuple[float, int]:
-        """Return ``(lr, local_steps)`` for round ``t``."""
+    def __call__(self, t: int, view: ObsView, memory: dict[str, Any]) -> tuple[float, int]:
+        """Return ``(lr, local_steps)`` for round ``t`` given this round's observation and the rule's memory."""
 
 
 @STEP_SIZE_RULES.register("constant-lr")
 class ConstantLR(StepSizeRule):
     """The same learning rate and local steps every round."""
 
-    def __call__(self, t: int) -> tuple[float, int]:
+    def __call__(self, t: int, view: ObsView, memory: dict[str, Any]) -> tuple[float, int]:
         """Return the constant ``(lr, local_steps)``."""
         return self.lr0, self.local_steps
 
@@ -77,7 +79,7 @@ class StepDecay(StepSizeRule):
             raise ConfigError(f"every must be >= 1, got {every}")
         self.gamma, self.every = float(gamma), int(every)
 
-    def __call__(self, t: int) -> tuple[float, int]:
+    def __call__(self, t: int, view: ObsView, memory: dict[str, Any]) -> tuple[float, int]:
         """Return the decayed ``(lr, local_steps)`` of round ``t``."""
         return self.lr0 * self.gamma ** (t // self.every), self.local_steps
 
@@ -113,7 +115,7 @@ class CosineLR(StepSizeRule):
             raise ConfigError("cosine-lr needs rounds >= 1 (the env declares no round budget; pass rounds=)")
         self.rounds = int(rounds)
 
-    def __call__(self, t: int) -> tuple[float, int]:
+    def __call__(self, t: int, view: ObsView, memory: dict[str, Any]) -> tuple[float, int]:
         """Return the annealed ``(lr, local_steps)`` of round ``t``."""
         frac = min(t, self.rounds) / self.rounds
         return self.lr_min + (self.lr0 - self.lr_min) * 0.5 * (1.0 + math.cos(math.pi * frac)), self.local_steps

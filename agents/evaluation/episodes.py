@@ -34,9 +34,10 @@ class Episode:
         terminated: The episode ended by the task (stop or target).
         truncated: The episode hit the round budget.
         trace: Per-round records (round 0 = after reset) with keys ``round, accuracy, val_accuracy,
-            test_accuracy, bytes_uploaded, bytes_total, wall_time_s, shots, reward, participants, dropped``.
+            test_accuracy, bytes_uploaded, bytes_total, wall_time_s, shots, cost, reward, participants, dropped``.
         runtime_s: Real seconds the episode took (simulation plus controller).
         extra: Controller-reported metrics (``controller.episode_metrics()``), e.g. an invalid-output rate.
+        objective: The env's episode objective (``info["objective"]`` of the last step; lower is better).
     """
 
     seed: int | None
@@ -48,6 +49,7 @@ class Episode:
     trace: list[dict[str, float]] = field(default_factory=list)
     runtime_s: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
+    objective: float = math.nan
 
 
 def _num(info: dict[str, Any], *keys: str, default: float = math.nan) -> float:
@@ -68,6 +70,7 @@ class _Accumulator:
         self.bytes_total = 0.0
         self.wall = 0.0
         self.shots = 0.0
+        self.cost = 0.0
 
     def record(self, rnd: int, info: dict[str, Any], reward: float, report: Any = None) -> dict[str, float]:
         if rnd > 0:
@@ -77,6 +80,7 @@ class _Accumulator:
             self.bytes_total += total
             self.wall += _num(info, "wall_time_s", default=0.0)
             self.shots += _num(info, "shots", default=0.0)
+            self.cost += _num(info, "cost", default=0.0)
         val = _num(info, "val_accuracy")
         test = _num(info, "test_accuracy")
         return {
@@ -88,6 +92,7 @@ class _Accumulator:
             "bytes_total": self.bytes_total,
             "wall_time_s": self.wall,
             "shots": self.shots,
+            "cost": self.cost,
             "reward": reward,
             "participants": _num(info, "participants", default=0.0),
             "dropped": _num(info, "dropped", default=0.0),
@@ -136,6 +141,7 @@ def run_episode(
             episode.trace[-1]["reward"] += float(reward)
         if terminated or truncated or (max_steps is not None and episode.steps >= max_steps):
             episode.terminated, episode.truncated = bool(terminated), bool(truncated)
+            episode.objective = _num(info, "objective")
             break
     metrics = getattr(controller, "episode_metrics", None)
     if callable(metrics):
