@@ -57,6 +57,7 @@ __all__ = [
     "run_task",
     "summarize",
     "write_markdown",
+    "write_results",
 ]
 
 #: The columns every ``results.csv`` starts with.
@@ -525,10 +526,6 @@ def run_suite(
         progress: Show a progress bar.
         argv: Command line to record (default ``sys.argv``).
     """
-    import pandas as pd
-
-    from qflgym.agents.plots import plot_suite
-
     kind = executor or suite.executor.kind
     if kind not in EXECUTORS:
         raise ConfigError(f"executor: unknown executor {kind!r}; allowed: {', '.join(EXECUTORS)}")
@@ -543,6 +540,17 @@ def run_suite(
     else:
         results = run_serial(tasks, progress=progress)
     elapsed = time.perf_counter() - start
+    return write_results(out, suite, results, [f"{len(tasks)} tasks, executor `{kind}`, {elapsed:.1f} s.", ""])
+
+
+def write_results(
+    out: Path, suite: BenchSuite, results: Sequence[TaskResult], extra_lines: Sequence[str] = ()
+) -> BenchOutput:
+    """Write ``results.csv``, ``curves.csv``, ``summary.csv``, ``results.md`` and the plots of ``results``."""
+    import pandas as pd
+
+    from qflgym.agents.plots import plot_suite
+
     rows = [row for r in results for row in r.rows]
     curves = [c for r in results for c in r.curves]
     df = pd.DataFrame(rows)
@@ -555,11 +563,6 @@ def run_suite(
     curves_df.to_csv(curves_csv, index=False)
     summary = summarize(df, baseline=suite.baseline)
     summary.to_csv(out / "summary.csv", index=False)
-    results_md = write_markdown(
-        summary,
-        out / "results.md",
-        suite,
-        extra_lines=[f"{len(tasks)} tasks, executor `{kind}`, {elapsed:.1f} s.", ""],
-    )
+    results_md = write_markdown(summary, out / "results.md", suite, extra_lines=extra_lines)
     plots = plot_suite(curves_df, out / "plots")
     return BenchOutput(out, results_csv, curves_csv, results_md, plots)

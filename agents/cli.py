@@ -73,7 +73,7 @@ class Command:
 COMMANDS: Registry[Command] = Registry("qflgym command", entry_point_group="qflgym.commands")
 
 #: Modules imported (when installed) so that they register their commands.
-COMMAND_MODULES: tuple[str, ...] = ("qflgym.agents.llm.cli",)
+COMMAND_MODULES: tuple[str, ...] = ("qflgym.agents.llm.cli", "qflgym.agents.integrations.flower.cli")
 
 #: Thread variables set (unless already set) by :func:`main` before anything imports numpy or torch.
 SINGLE_THREAD_ENV: dict[str, str] = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Iterable
 from logging import INFO
 from typing import Any
@@ -354,6 +355,7 @@ class ControlledStrategy(Strategy):
         train_config = ConfigRecord() if train_config is None else train_config
         evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
         self.summary()
+        began = time.perf_counter()
         self._start(grid, initial_arrays)
         result = Result()
         result.evaluate_metrics_serverapp[0] = self._last_metrics
@@ -377,6 +379,10 @@ class ControlledStrategy(Strategy):
                 result.evaluate_metrics_clientapp[server_round] = evaluate_metrics
             if self.done:
                 break
+        metrics = getattr(self.controller, "episode_metrics", None)
+        if callable(metrics):
+            self.episode.extra = {str(k): float(v) for k, v in (metrics() or {}).items()}
+        self.episode.runtime_s = time.perf_counter() - began
         return result
 
     def episode_row(self) -> dict[str, float]:
