@@ -73,7 +73,8 @@ class ControlledStrategy(Strategy):
         env_config: Overrides of the env config (as for ``gym.make(env_id, config=...)``).
         seed: The env's ``reset`` seed (its federation seed is drawn from it, unless the config fixes one).
         deterministic: Passed to ``predict``.
-        timeout: Seconds to wait for query replies.
+        timeout: Seconds to wait for query replies, and for ``min_nodes`` nodes to connect.
+        min_nodes: Nodes that must be connected before the first round (default N, the env's clients).
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class ControlledStrategy(Strategy):
         seed: int | None = 0,
         deterministic: bool = True,
         timeout: float = 3600.0,
+        min_nodes: int | None = None,
     ) -> None:
         if getattr(strategy, "fraction_train", 1.0) == 0.0:
             raise ValueError("strategy: the wrapped strategy must configure training (fraction_train > 0)")
@@ -98,6 +100,7 @@ class ControlledStrategy(Strategy):
         self.deterministic = deterministic
         self.timeout = timeout
         self.n_clients = int(self.env.n_clients)
+        self.min_nodes = self.n_clients if min_nodes is None else int(min_nodes)
         self.episode = Episode(seed=seed)
         self.done = False
         self.selections: list[tuple[int, ...]] = []
@@ -181,6 +184,11 @@ class ControlledStrategy(Strategy):
         }
 
     def _start(self, grid: Grid, arrays: ArrayRecord) -> None:
+        deadline = time.monotonic() + self.timeout
+        while len(list(grid.get_node_ids())) < self.min_nodes:  # simulated nodes register asynchronously
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fewer than min_nodes={self.min_nodes} nodes connected within {self.timeout} s")
+            time.sleep(0.2)
         self._grid, self._arrays = grid, arrays
         self._obs, info = self.env.reset(seed=self.seed)
         self.episode.trace.append(self._accumulator.record(0, info, 0.0))
