@@ -241,3 +241,14 @@ def test_flower_run_command_writes_bench_results(tmp_path):
     assert list(rows["controller"]) == ["round-robin (flower)", "round-robin (env)"]
     assert (out / "results.md").read_text().count("round-robin") >= 2
     assert list((out / "plots").glob("*.png"))
+
+
+@pytest.mark.slow
+def test_flower_ray_simulation_reproduces_the_env_episode():
+    config = {**EXACT, "round_budget": 2}
+    env = make_env(SELECTION, config)
+    reference = run_episode(env, make_controller("round-robin", env, seed=SEED), seed=SEED)
+    strategy = run_flower(
+        SELECTION, lambda e: make_controller("round-robin", e, seed=SEED), env_config=config, seed=SEED, num_cpus=2
+    )
+    assert [r["val_accuracy"] for r in strategy.episode.trace] == [r["val_accuracy"] for r in reference.trace]

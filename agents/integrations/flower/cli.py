@@ -94,8 +94,10 @@ def _run(args: argparse.Namespace) -> int:
             reference = run_task(Task(suite.name, controllers[1], env, seed, 1))
             results.append(reference)
             diff = compare_curves(result.curves, reference.curves)
+            lengths = f"{len(result.curves) - 1} vs {len(reference.curves) - 1} rounds"
             lines.append(
-                f"seed {seed}: largest |flower − env| per round: " + ", ".join(f"{k} {v:.3g}" for k, v in diff.items())
+                f"seed {seed} ({lengths}): largest |flower − env| per round: "
+                + ", ".join(f"{k} {v:.3g}" for k, v in diff.items())
             )
     elapsed = time.perf_counter() - start
     output = write_results(out, suite, results, [*lines, "", f"{len(args.seeds)} Flower run(s), {elapsed:.1f} s.", ""])

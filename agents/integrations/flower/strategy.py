@@ -221,6 +221,7 @@ class ControlledStrategy(Strategy):
         lr = self.env.config.fixed_lr if decision.lr is None else float(decision.lr)
         steps = self.env.config.fixed_local_steps if decision.local_steps is None else int(decision.local_steps)
         self.selections.append(ids)
+        log(INFO, "ControlledStrategy: the controller selects clients %s, lr %.4g, %d local steps", ids, lr, steps)
         self._round = {"action": action, "selected": ids, "lr": lr, "local_steps": steps, "arrays": arrays}
         configured = list(self.strategy.configure_train(server_round, arrays, ConfigRecord(dict(config)), grid))
         if not configured:
