@@ -14,6 +14,7 @@ does. ``--compare-env`` also runs the controller on the env itself (labels ``<na
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     out = Path(args.out or Path("runs") / "flower" / f"{name}__{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "command.txt").write_text(" ".join(args.argv) + "\n")
+    (out / "command.txt").write_text(shlex.join(args.argv) + "\n")
     start = time.perf_counter()
     results = []
     lines = []
