@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from qflgym.qfl_core.registry import Registry
+from qflgym.registry import Registry
 
 __all__ = ["ALGORITHMS", "AlgorithmSpec", "UnsupportedActionSpaceError", "check_action_space", "supporting"]
 

@@ -42,7 +42,7 @@ import numpy as np
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from qflgym.qfl_core.config import ConfigError, StrictModel, build_config, load_yaml
+from qflgym.config import ConfigError, StrictModel, build_config, load_yaml
 
 __all__ = [
     "RESULT_COLUMNS",

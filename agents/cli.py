@@ -1,6 +1,6 @@
 """The ``qflgym`` command line: ``train``, ``eval``, ``bench``, ``demo``, ``list`` (and plugin groups).
 
-Subcommands are entries of :data:`COMMANDS` (a :class:`~qflgym.qfl_core.registry.Registry` of
+Subcommands are entries of :data:`COMMANDS` (a :class:`~qflgym.registry.Registry` of
 :class:`Command`). Built-in commands are registered below; plugin modules listed in :data:`COMMAND_MODULES`
 (``qflgym.agents.llm.cli``, which adds the ``llm`` group) are imported when present, and installed packages
 can add commands through the entry-point group ``qflgym.commands``. A plugin registers itself with::
@@ -35,9 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from qflgym.qfl_core.registry import Registry, import_available
+from qflgym.config import parse_yaml, preset_names, preset_path
+from qflgym.registry import Registry, import_available
 
 __all__ = [
     "COMMANDS",
@@ -92,7 +91,7 @@ def _mapping_arg(text: str | None, what: str) -> dict[str, Any]:
         if not path.is_file():
             raise FileNotFoundError(f"{what} file not found: {path}")
         text = path.read_text()
-    value = yaml.safe_load(text)
+    value = parse_yaml(text)
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -107,16 +106,10 @@ def _suite_path(name: str) -> Path:
         return path
     if path.suffix or os.sep in name:
         raise FileNotFoundError(f"bench suite not found: {path}")
-    from importlib import resources
-
-    folder = resources.files("qflgym.configs") / "bench"
-    for suffix in (".yaml", ".yml"):
-        candidate = folder / f"{name}{suffix}"
-        if candidate.is_file():
-            return Path(str(candidate))
-    packaged = sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith((".yaml", ".yml")))
+    if name in preset_names("bench"):
+        return preset_path("bench", name)
     raise FileNotFoundError(
-        f"bench suite not found: {name!r} is neither a file nor a packaged suite ({', '.join(packaged)})"
+        f"bench suite not found: {name!r} is neither a file nor a packaged suite ({', '.join(preset_names('bench'))})"
     )
 
 
@@ -369,8 +362,6 @@ def _configure_list(p: argparse.ArgumentParser) -> None:
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    from importlib import resources
-
     sections: dict[str, list[str]] = {}
     if args.what in (None, "controllers"):
         from qflgym.agents.controllers import controller_names
@@ -387,10 +378,7 @@ def _run_list(args: argparse.Namespace) -> int:
 
         sections["envs"] = sorted(k for k in gym.registry if k.startswith("QFL/"))
     if args.what in (None, "suites"):
-        folder = resources.files("qflgym.configs") / "bench"
-        sections["suites"] = sorted(
-            p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith((".yaml", ".yml"))
-        )
+        sections["suites"] = preset_names("bench")
     for title, names in sections.items():
         print(f"{title}:")
         for name in names:

@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from qflgym.qfl_core.registry import Registry, import_available
+from qflgym.registry import Registry, import_available
 
 __all__ = [
     "CONTROLLERS",

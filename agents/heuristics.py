@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from qflgym.agents.controllers import CONTROLLERS, Controller, env_attr
-from qflgym.qfl_core.registry import Registry
+from qflgym.registry import Registry
 
 __all__ = [
     "SELECTION_RULES",

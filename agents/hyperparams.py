@@ -25,13 +25,12 @@ import ast
 import copy
 import inspect
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from qflgym.qfl_core.config import ConfigError, load_yaml
+from qflgym.config import ConfigError, load_yaml, preset_path
 
 __all__ = [
     "TRAINER_KEYS",
@@ -55,7 +54,7 @@ class Hyperparams(dict):
 
 def default_hyperparams_path(algo: str) -> Path:
     """The packaged ``configs/agents/<algo>.yml``."""
-    return Path(str(resources.files("qflgym.configs") / "agents" / f"{algo}.yml"))
+    return preset_path("agents", algo)
 
 
 def load_hyperparams(path: str | Path, env_id: str) -> tuple[dict[str, Any], bool]:

@@ -37,7 +37,7 @@ from pydantic import Field
 from qflgym.agents.algorithms import check_action_space
 from qflgym.agents.hyperparams import default_hyperparams_path, load_hyperparams, resolve
 from qflgym.agents.runtime import limited_threads, make_thread_limited_env
-from qflgym.qfl_core.config import StrictModel, build_config
+from qflgym.config import StrictModel, build_config
 
 __all__ = ["EVAL_SEED_OFFSET", "TrainConfig", "TrainResult", "make_env", "make_vec_env", "run_name", "train"]
 

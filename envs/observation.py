@@ -12,10 +12,15 @@ clipped to the bounds in :data:`CLIENT_FEATURE_BOUNDS` / :data:`GLOBAL_FEATURE_B
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from gymnasium import spaces
+
+if TYPE_CHECKING:
+    from qflgym.qfl_core.federation import Federation
 
 __all__ = [
     "CLIENT_FEATURES",
@@ -25,6 +30,8 @@ __all__ = [
     "LABEL_FEATURES",
     "MAX_LABEL_CLASSES",
     "ObservationLayout",
+    "RoundScales",
+    "static_client_features",
 ]
 
 #: Classes covered by the per-client label-distribution features (``label_frac_0`` ... ``label_frac_9``);
@@ -206,3 +213,72 @@ class ObservationLayout:
             lo, hi = GLOBAL_FEATURE_BOUNDS[name]
             rows.append((f"{f}·N + {j}", name, f"[{lo}, {hi}]"))
         return rows
+
+
+def static_client_features(fed: Federation) -> np.ndarray:
+    """The client features fixed for the federation's lifetime, ``[N, len(CLIENT_FEATURES)]`` ``float32``.
+
+    Fills ``data_size``, ``label_skew``, ``label_frac_*``, ``noise_level``, ``shot_noise`` and ``latency``
+    from the federation's client statistics and device profiles; the other columns are 0 (the env writes
+    them every step).
+
+    Raises:
+        ValueError: If the federation has more than :data:`MAX_LABEL_CLASSES` classes.
+    """
+    if fed.n_classes > MAX_LABEL_CLASSES:
+        raise ValueError(
+            f"the federation has {fed.n_classes} classes; the observation's label_frac_* features cover at "
+            f"most {MAX_LABEL_CLASSES}"
+        )
+    sizes = np.array([s.size for s in fed.client_stats], dtype=np.float64)
+    shots = np.array([p.shots or 0 for p in fed.profiles], dtype=np.float64)
+    depol = np.array([p.depolarizing for p in fed.profiles])
+    readout = np.array([p.readout_error for p in fed.profiles])
+    latency = np.array([p.latency_s for p in fed.profiles])
+    hist = np.array([s.label_histogram for s in fed.client_stats], dtype=np.float64)
+    c = np.zeros((len(sizes), len(CLIENT_FEATURES)), dtype=np.float32)
+    c[:, _CLIENT_INDEX["data_size"]] = sizes / sizes.max()
+    c[:, _CLIENT_INDEX["label_skew"]] = [s.skew for s in fed.client_stats]
+    first = _CLIENT_INDEX[LABEL_FEATURES[0]]
+    c[:, first : first + hist.shape[1]] = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1.0)
+    n_layers = fed.config.circuit.n_layers
+    c[:, _CLIENT_INDEX["noise_level"]] = 1.0 - (1.0 - 4.0 * depol / 3.0) ** n_layers * (1.0 - 2.0 * readout)
+    c[:, _CLIENT_INDEX["shot_noise"]] = np.where(shots > 0, 1.0 / np.sqrt(np.maximum(shots, 1.0)), 0.0)
+    c[:, _CLIENT_INDEX["latency"]] = latency / latency.max()
+    return c
+
+
+@dataclass(frozen=True, slots=True)
+class RoundScales:
+    """Reference scales of a round in which every client trains, for the cost features and reward terms.
+
+    Attributes:
+        bytes: Bytes moved (every client downloads and uploads the parameters).
+        time: Simulated seconds (the server's time plus the slowest client's local training).
+        shots: Shots spent (at least 1, so exact expectations divide by 1).
+        norm: The federation's ``lr x local_steps``, the scale of an update's norm.
+        loss: ``ln K``, the loss of a uniform guess (1 for one class).
+    """
+
+    bytes: float
+    time: float
+    shots: float
+    norm: float
+    loss: float
+
+    @classmethod
+    def of(cls, fed: Federation, local_steps: int) -> RoundScales:
+        """The scales of ``fed`` when every client trains for ``local_steps`` minibatch steps."""
+        cfg = fed.config
+        sizes = np.array([s.size for s in fed.client_stats], dtype=np.float64)
+        shots = np.array([p.shots or 0 for p in fed.profiles], dtype=np.float64)
+        latency = np.array([p.latency_s for p in fed.profiles])
+        per_sample = 1 + 2 * fed.spec.n_circuit_params
+        executions = np.minimum(sizes, cfg.training.batch_size) * per_sample * local_steps
+        return cls(
+            bytes=float(2 * len(sizes) * fed.param_bytes),
+            time=float(cfg.server_time_s + (executions * latency).max()),
+            shots=float(max((executions * shots).sum(), 1.0)),
+            norm=float(cfg.training.lr * cfg.training.local_steps),
+            loss=math.log(fed.n_classes) if fed.n_classes > 1 else 1.0,
+        )

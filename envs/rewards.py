@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from qflgym.qfl_core.registry import Registry
+from qflgym.registry import Registry
 
 if TYPE_CHECKING:
     from qflgym.qfl_core.federation import RoundReport

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qflgym.qfl_core.registry import Registry
+from qflgym.registry import Registry
 
 __all__ = ["SELECTION_RULES", "ClientState", "SelectionRule"]
 

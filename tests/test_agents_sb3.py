@@ -13,7 +13,7 @@ from qflgym.agents.controllers import make_controller
 from qflgym.agents.hyperparams import default_hyperparams_path, load_hyperparams, parse_schedule, resolve
 from qflgym.agents.sb3_controller import SB3Controller
 from qflgym.agents.sb3_training import train
-from qflgym.qfl_core.config import ConfigError
+from qflgym.config import ConfigError
 
 #: A tiny preset each algorithm supports, and the overrides that make 64 steps train something.
 SMOKE = {

@@ -10,7 +10,7 @@ import qflgym.envs  # noqa: F401
 from qflgym.agents.benchmark import RESULT_COLUMNS, BenchSuite, load_suite, run_suite, summarize
 from qflgym.agents.cli import _suite_path
 from qflgym.agents.plots import mean_ci
-from qflgym.qfl_core.config import ConfigError, build_config
+from qflgym.config import ConfigError, build_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from qflgym.qfl_core.registry import Registry
+from qflgym.registry import Registry
 
 __all__ = [
     "ADAPTERS",

@@ -112,7 +112,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
     """Build ``cls`` from a ``--config`` file (if any) overridden by the explicit flags in ``args``."""
-    from qflgym.qfl_core.config import load_yaml
+    from qflgym.config import load_yaml
 
     values: dict[str, Any] = {}
     config_file = getattr(args, "config", None)
