@@ -28,8 +28,6 @@ def run_flower_task(task: Task, backend: str = "ray", num_cpus: int | None = Non
     Raises:
         ValueError: If the task asks for more than one episode.
     """
-    import gymnasium as gym
-
     from qflgym.agents.controllers import make_controller
 
     if task.episodes != 1:
@@ -49,14 +47,13 @@ def run_flower_task(task: Task, backend: str = "ray", num_cpus: int | None = Non
         deterministic=entry.deterministic,
     )
     target = task.env.target if task.env.target is not None else strategy.env.config.target_accuracy
-    budget = gym.spec(task.env.id).max_episode_steps
     base = {
         "suite": task.suite,
         "controller": entry.name,
         "env": task.env.name,
         "env_id": task.env.id,
         "seed": task.seed,
-        "budget": float("nan") if budget is None else int(budget),
+        "budget": int(strategy.env.config.round_budget),  # what the env reports as spec.max_episode_steps
         "episode": 0,
     }
     episode = strategy.episode

@@ -54,7 +54,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from qflgym.agents.benchmark import BenchSuite, ControllerEntry, EnvEntry, Task, run_task, write_results
-    from qflgym.envs.base import merge_presets
+    from qflgym.envs.config import merge_presets
 
     try:
         from .bench import run_flower_task

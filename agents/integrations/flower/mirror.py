@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from qflgym.envs.observation import RoundScales, static_client_features
 from qflgym.qfl_core.circuits import CircuitSpec
 from qflgym.qfl_core.clients import DeviceProfile
 from qflgym.qfl_core.config import FederationConfig
@@ -130,11 +131,13 @@ class _Mirrored:
             raise RuntimeError("mirror_source is not set: the ControlledStrategy sets it before reset")
         self.federation = self.mirror_source(seed)
         self._fed_seed = seed
-        self._static_features()
+        self._has_availability = True
+        self.refresh_static_features()
 
     def refresh_static_features(self) -> None:
-        """Recompute the static client features after clients joined (or updated their properties)."""
-        self._static_features()
+        """Recompute the static client features and reference scales after clients joined."""
+        self._client_obs = static_client_features(self.federation)
+        self._scales = RoundScales.of(self.federation, self._fixed_steps)
 
 
 def mirror_env(env_id: str, env_config: Mapping[str, Any] | None = None) -> Any:
