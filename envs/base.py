@@ -219,8 +219,17 @@ class QFLEnv(Snapshots, gym.Env, ABC):
         else:
             self._fed_cache.move_to_end(seed)
             entry[0].load_state_dict(copy.deepcopy(entry[1]))
-        fed = self.federation = entry[0]
+        self.federation = entry[0]
         self._fed_seed = seed
+        self.refresh_static_features()
+
+    def refresh_static_features(self) -> None:
+        """Recompute the static client features and the reference scales from ``self.federation``.
+
+        The env calls it when it starts a federation; an env whose federation can change its clients (the
+        Flower mirror) calls it after they change.
+        """
+        fed = self.federation
         self._client_obs = static_client_features(fed, self.layout, self.config.shot_price, self.config.cost_scale)
         self._scales = RoundScales.of(fed, self._fixed_steps)
         self._has_availability = hasattr(fed, "available")

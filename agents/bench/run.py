@@ -21,11 +21,11 @@ from pathlib import Path
 from qflgym.agents.bench.executors import EXECUTORS, executor_record, run_ray, run_serial
 from qflgym.agents.bench.report import summarize, write_markdown
 from qflgym.agents.bench.suite import BenchSuite
-from qflgym.agents.bench.tasks import tasks_of
+from qflgym.agents.bench.tasks import TaskResult, tasks_of
 from qflgym.config import ConfigError
 from qflgym.runs import write_run_record
 
-__all__ = ["RESULT_COLUMNS", "BenchOutput", "run_suite"]
+__all__ = ["RESULT_COLUMNS", "BenchOutput", "run_suite", "write_results"]
 
 #: The columns every ``results.csv`` starts with.
 RESULT_COLUMNS: tuple[str, ...] = (
@@ -85,10 +85,6 @@ def run_suite(
         progress: Show a progress bar.
         argv: Command line to record (default ``sys.argv``).
     """
-    import pandas as pd
-
-    from qflgym.agents.bench.plots import plot_suite
-
     kind = executor or suite.executor.kind
     if kind not in EXECUTORS:
         raise ConfigError(f"executor: unknown executor {kind!r}; allowed: {', '.join(EXECUTORS)}")
@@ -100,6 +96,17 @@ def run_suite(
     else:
         results = run_serial(tasks, progress=progress)
     elapsed = time.perf_counter() - start
+    return write_results(out, suite, results, [f"{len(tasks)} tasks, executor `{kind}`, {elapsed:.1f} s.", ""])
+
+
+def write_results(
+    out: Path, suite: BenchSuite, results: Sequence[TaskResult], extra_lines: Sequence[str] = ()
+) -> BenchOutput:
+    """Write ``results.csv``, ``curves.csv``, ``summary.csv``, ``results.md`` and the plots of ``results``."""
+    import pandas as pd
+
+    from qflgym.agents.bench.plots import plot_suite
+
     rows = [row for r in results for row in r.rows]
     curves = [c for r in results for c in r.curves]
     df = pd.DataFrame(rows)
@@ -112,11 +119,6 @@ def run_suite(
     curves_df.to_csv(curves_csv, index=False)
     summary = summarize(df, baseline=suite.baseline)
     summary.to_csv(out / "summary.csv", index=False)
-    results_md = write_markdown(
-        summary,
-        out / "results.md",
-        suite,
-        extra_lines=[f"{len(tasks)} tasks, executor `{kind}`, {elapsed:.1f} s.", ""],
-    )
+    results_md = write_markdown(summary, out / "results.md", suite, extra_lines=extra_lines)
     plots = plot_suite(curves_df, out / "plots")
     return BenchOutput(out, results_csv, curves_csv, results_md, plots)

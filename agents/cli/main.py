@@ -32,7 +32,7 @@ __all__ = ["BUILTIN_COMMANDS", "COMMAND_MODULES", "SINGLE_THREAD_ENV", "build_pa
 BUILTIN_COMMANDS: tuple[Command, ...] = (train.COMMAND, evaluate.COMMAND, bench.COMMAND, demo.COMMAND, listing.COMMAND)
 
 #: Modules imported (when installed) so that they register their commands.
-COMMAND_MODULES: tuple[str, ...] = ("qflgym.agents.llm.cli",)
+COMMAND_MODULES: tuple[str, ...] = ("qflgym.agents.llm.cli", "qflgym.agents.integrations.flower.cli")
 
 #: Thread variables set (unless already set) by :func:`main` before anything imports numpy or torch.
 SINGLE_THREAD_ENV: dict[str, str] = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
