@@ -13,6 +13,8 @@ from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.utils import ConstantSchedule
 
 import qflgym.envs  # noqa: F401
+from qflgym.agents.controllers import make_controller
+from qflgym.agents.evaluation import evaluate
 from qflgym.agents.policies import (
     POOLINGS,
     EquivariantActorCriticPolicy,
@@ -253,10 +255,15 @@ def test_zoo_aliases_make_the_name_work_in_sb3_directly():
 
 @pytest.mark.parametrize(("algo", "policy_class"), [("a2c", A2C), ("maskable-ppo", MaskablePPO)])
 def test_qflgym_train_selects_the_policy_by_name_from_a_zoo_yaml(tmp_path, algo, policy_class):
-    recipe = {TINY: {"policy": "EquivariantPolicy", "n_steps": 16, "policy_kwargs": "dict(embed_dim=16, pooling='max')"}}
+    recipe = {
+        TINY: {"policy": "EquivariantPolicy", "n_steps": 16, "policy_kwargs": "dict(embed_dim=16, pooling='max')"}
+    }
     (tmp_path / "hp.yml").write_text(yaml.safe_dump(recipe))
     config = {"algo": algo, "env": TINY, "hyperparams": str(tmp_path / "hp.yml"), "timesteps": 32, "out": str(tmp_path)}
     result = train({**config, "eval_freq": 0, "save_freq": 0, "progress": False, "tensorboard": False})
     model = policy_class.load(result.model_path)
     assert model.policy.equivariant_config.pooling == "max"
     assert resolve_policy("EquivariantPolicy", policy_class) is type(model.policy)
+    env = gym.make(TINY, config={"federation": {"clients": {"n_clients": 6}}})
+    (row,) = evaluate(env, make_controller("sb3", env, path=str(result.run_dir)), seeds=[0])
+    assert row["rounds"] >= 1
