@@ -12,9 +12,10 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.utils import ConstantSchedule
 
-import qflgym.envs  # noqa: F401
+import qflgym.envs
 from qflgym.agents.controllers import make_controller
 from qflgym.agents.evaluation import evaluate
+from qflgym.agents.hyperparams import default_hyperparams_path, resolve
 from qflgym.agents.policies import (
     POOLINGS,
     EquivariantActorCriticPolicy,
@@ -267,3 +268,16 @@ def test_qflgym_train_selects_the_policy_by_name_from_a_zoo_yaml(tmp_path, algo,
     env = gym.make(TINY, config={"federation": {"clients": {"n_clients": 6}}})
     (row,) = evaluate(env, make_controller("sb3", env, path=str(result.run_dir)), seeds=[0])
     assert row["rounds"] >= 1
+
+
+@pytest.mark.parametrize(("file", "algo"), [("equivariant-ppo", PPO), ("equivariant-maskable-ppo", MaskablePPO)])
+def test_packaged_equivariant_recipes_build_their_policy_on_every_env(file, algo):
+    path = default_hyperparams_path("ppo").with_name(f"{file}.yml")
+    data = yaml.safe_load(path.read_text())
+    assert data
+    for env_id, hp in data.items():
+        assert env_id in qflgym.envs.ENV_IDS
+        trainer, kwargs = resolve(algo, hp, path.name)
+        assert trainer["policy"] == "EquivariantPolicy"
+        model = algo(resolve_policy(trainer["policy"], algo), gym.make(env_id), **kwargs)
+        assert isinstance(model.policy, EquivariantActorCriticPolicy | MaskableEquivariantActorCriticPolicy)

@@ -33,6 +33,10 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from pydantic import Field, field_validator, model_validator
+from sb3_contrib.common.maskable.distributions import (
+    MaskableCategoricalDistribution,
+    MaskableMultiCategoricalDistribution,
+)
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.distributions import (
     BernoulliDistribution,
@@ -129,11 +133,10 @@ def _component_params(action_space: spaces.Space, dist: Distribution) -> list[in
     """The distribution parameters of each action component, in the action's order."""
     if isinstance(dist, DiagGaussianDistribution | BernoulliDistribution):
         return [1] * int(np.prod(action_space.shape))
-    if isinstance(dist, CategoricalDistribution):
+    if isinstance(dist, CategoricalDistribution | MaskableCategoricalDistribution):
         return [int(dist.action_dim)]
-    if isinstance(dist, MultiCategoricalDistribution) or hasattr(dist, "action_dims"):  # sb3-contrib's masked
-        dims = dist.action_dims
-        return [int(d) for d in dims] if isinstance(dims, list) else [int(dist.action_dim)]
+    if isinstance(dist, MultiCategoricalDistribution | MaskableMultiCategoricalDistribution):  # masked Bernoulli too
+        return [int(d) for d in dist.action_dims]
     raise ConfigError(
         f"the equivariant policy does not support the distribution {type(dist).__name__} of {action_space}; "
         "allowed: Bernoulli, Categorical, MultiCategorical, DiagGaussian (use_sde=False) and their masked forms"
