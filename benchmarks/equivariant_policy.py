@@ -20,7 +20,7 @@ import json
 import math
 import statistics
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import gymnasium as gym
@@ -98,8 +98,11 @@ def pooling(env_id: str, policies: list[str], seeds: list[int], steps: int, epis
     """Train every (policy, seed) for ``steps``, evaluate on shared seeds, aggregate over training seeds."""
     eval_seeds = [EVAL_SEED_BASE + i for i in range(episodes)]
     tasks = [(env_id, p, s, steps, eval_seeds) for s in seeds for p in policies]
+    runs = []
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        runs = list(pool.map(_train_and_evaluate, *zip(*tasks, strict=True)))
+        for future in as_completed([pool.submit(_train_and_evaluate, *task) for task in tasks]):
+            runs.append(future.result())
+            print(json.dumps(runs[-1]), flush=True)  # progress: one line per finished run
     env = gym.make(env_id)
     baseline = _episode_summary(evaluate(env, make_controller("random-k", env, seed=0), eval_seeds))
     table = {}
