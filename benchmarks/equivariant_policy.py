@@ -2,12 +2,13 @@
 
 ``speed``: PPO env steps/s of ``qflgym train`` (the packaged ``configs/agents/ppo.yml`` hyperparameters, no
 evaluation, checkpoints or logs) with ``MlpPolicy`` and with ``EquivariantPolicy`` (each pooling asked for),
-interleaved ``--repeats`` times in one process; the median of each and its ratio to ``MlpPolicy``.
+interleaved ``--repeats`` times in one process; the median of each and its ratio to ``MlpPolicy``, per
+wall-clock second and per CPU second.
 
 ``pooling``: PPO for the same budget per policy and training seed, then every trained policy and the
-``random-k`` heuristic on the same ``--eval-episodes`` evaluation seeds (deterministic actions); the mean
-return, the fraction of episodes that reach the target and the median rounds to it, averaged over the
-training seeds (± their standard deviation).
+``random-k`` heuristic on the same ``--eval-episodes`` evaluation seeds, with deterministic (``_deter``) and
+sampled (``_stoch``) actions; the mean return, the fraction of episodes that reach the target and the median
+rounds to it, averaged over the training seeds (± their standard deviation).
 
     python benchmarks/equivariant_policy.py speed --steps 4096
     python benchmarks/equivariant_policy.py pooling --steps 16384 --seeds 0 1 2 --jobs 2 --json out.json
@@ -20,6 +21,7 @@ import json
 import math
 import statistics
 import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
@@ -63,18 +65,32 @@ def _train(env_id: str, policy: str, seed: int, steps: int, out: str) -> Any:
 
 
 def speed(env_id: str, policies: list[str], steps: int, repeats: int) -> dict[str, Any]:
-    """Median PPO steps/s of each policy over ``repeats`` interleaved runs, and the ratio to ``mlp``."""
-    runs: dict[str, list[float]] = {p: [] for p in policies}
+    """Median PPO steps/s of each policy over ``repeats`` interleaved runs, and the ratio to ``mlp``.
+
+    Both per wall-clock second and per CPU second of this process (one thread): the latter does not depend on
+    what else the machine runs.
+    """
+    runs: dict[str, dict[str, list[float]]] = {p: {"wall": [], "cpu": []} for p in policies}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeats):
             for policy in policies:
-                runs[policy].append(_train(env_id, policy, 0, steps, tmp).steps_per_second)
-    medians = {p: statistics.median(v) for p, v in runs.items()}
-    base = medians.get("mlp", math.nan)
-    return {
-        p: {"steps_per_s": [round(x, 1) for x in runs[p]], "median": round(m, 1), "ratio_to_mlp": round(m / base, 3)}
-        for p, m in medians.items()
-    }
+                cpu = time.process_time()
+                result = _train(env_id, policy, 0, steps, tmp)
+                runs[policy]["cpu"].append(result.timesteps / (time.process_time() - cpu))
+                runs[policy]["wall"].append(result.steps_per_second)
+    out: dict[str, Any] = {}
+    for clock in ("wall", "cpu"):
+        medians = {p: statistics.median(v[clock]) for p, v in runs.items()}
+        base = medians.get("mlp", math.nan)
+        out[f"steps_per_{clock}_s"] = {
+            p: {
+                "runs": [round(x, 1) for x in runs[p][clock]],
+                "median": round(m, 1),
+                "ratio_to_mlp": round(m / base, 3),
+            }
+            for p, m in medians.items()
+        }
+    return out
 
 
 def _episode_summary(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -90,8 +106,13 @@ def _train_and_evaluate(env_id: str, policy: str, seed: int, steps: int, eval_se
     with tempfile.TemporaryDirectory() as tmp:
         result = _train(env_id, policy, seed, steps, tmp)
         controller = SB3Controller.load(result.run_dir)
-        rows = evaluate(gym.make(env_id), controller, eval_seeds)
-    return {"policy": policy, "seed": seed, "seconds": round(result.seconds, 1), **_episode_summary(rows)}
+        env = gym.make(env_id)
+        summaries = {
+            mode: _episode_summary(evaluate(env, controller, eval_seeds, deterministic=mode == "deterministic"))
+            for mode in ("deterministic", "stochastic")
+        }
+    flat = {f"{key}_{mode[:5]}": value for mode, summary in summaries.items() for key, value in summary.items()}
+    return {"policy": policy, "seed": seed, "seconds": round(result.seconds, 1), **flat}
 
 
 def pooling(env_id: str, policies: list[str], seeds: list[int], steps: int, episodes: int, jobs: int) -> dict:
@@ -110,7 +131,8 @@ def pooling(env_id: str, policies: list[str], seeds: list[int], steps: int, epis
         mine = [r for r in runs if r["policy"] == policy]
         table[policy] = {
             key: {"mean": round(float(np.mean(v)), 4), "std": round(float(np.std(v)), 4)}
-            for key in ("return", "reached", "median_rounds_to_target", "seconds")
+            for key in mine[0]
+            if key not in ("policy", "seed")
             for v in [[r[key] for r in mine]]
         }
     return {"random-k": baseline, "policies": table, "runs": runs, "eval_seeds": [eval_seeds[0], eval_seeds[-1]]}

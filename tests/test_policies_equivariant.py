@@ -25,6 +25,7 @@ from qflgym.agents.policies import (
     load_for_env,
     resolve_policy,
 )
+from qflgym.agents.policies.selection_mode import top_expected_count
 from qflgym.agents.sb3_training import train
 from qflgym.envs.observation import ObservationLayout
 from qflgym.qfl_core.config import ConfigError
@@ -281,3 +282,40 @@ def test_packaged_equivariant_recipes_build_their_policy_on_every_env(file, algo
         assert trainer["policy"] == "EquivariantPolicy"
         model = algo(resolve_policy(trainer["policy"], algo), gym.make(env_id), **kwargs)
         assert isinstance(model.policy, EquivariantActorCriticPolicy | MaskableEquivariantActorCriticPolicy)
+
+
+def test_top_expected_count_selects_the_expected_number_of_most_likely_clients():
+    p = torch.tensor([[0.9, 0.1, 0.6, 0.2, 0.3], [0.4, 0.4, 0.4, 0.4, 0.4], [0.1, 0.1, 0.1, 0.1, 0.1]])
+    expected = torch.tensor([[1, 0, 1, 0, 0], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=p.dtype)
+    torch.testing.assert_close(top_expected_count(p), expected)
+
+
+def _shift_client_logits(policy, bias):
+    """Push every per-client logit by ``bias`` (so each client's own mode is 'off' for a negative bias)."""
+    with torch.no_grad():
+        policy.action_net.client.bias[-1] += bias
+
+
+@pytest.mark.parametrize("cls", [EquivariantActorCriticPolicy, MaskableEquivariantActorCriticPolicy])
+@pytest.mark.parametrize("action", ["selection", "full_control"])
+def test_deterministic_selection_keeps_the_expected_number_of_clients(cls, action):
+    action_space = ACTIONS[action][0]
+    policy = _policy(action_space, cls=cls)
+    sb3_mode = _policy(action_space, cls=cls, deterministic_selection="mode")
+    for p in (policy, sb3_mode):
+        _shift_client_logits(p, -0.3)  # p_on ~ 0.43 (masked: softmax of [off, on]) for every client
+    obs = _obs_batch()
+    with torch.no_grad():
+        chosen = policy._predict(obs, deterministic=True)[:, :N]
+        own_mode = sb3_mode._predict(obs, deterministic=True)[:, :N]
+    assert torch.all(own_mode == 0)  # every client's own mode is off
+    assert torch.all(chosen.sum(dim=1) >= 1)  # but the policy means to select about 2 of 5
+
+
+def test_deterministic_selection_respects_masks():
+    policy = _policy(ACTIONS["selection"][0], cls=MaskableEquivariantActorCriticPolicy)
+    _shift_client_logits(policy, 3.0)  # every client likely on
+    mask = np.ones((N, 2), dtype=bool)
+    mask[[0, 2], 1] = False
+    actions, _, _ = policy(_obs_batch(batch=1), deterministic=True, action_masks=mask.reshape(1, -1))
+    assert actions.tolist() == [[0, 1, 0, 1, 1]]

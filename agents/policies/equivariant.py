@@ -27,7 +27,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ from stable_baselines3.common.torch_layers import MlpExtractor
 from torch import nn
 from typing_extensions import override
 
+from qflgym.agents.policies.selection_mode import expected_count_distribution
 from qflgym.agents.policies.set_encoder import ClientSetExtractor, ClientSplit
 from qflgym.qfl_core.config import ConfigError, StrictModel, build_config, registered_name
 from qflgym.qfl_core.registry import Registry
@@ -81,6 +82,9 @@ class EquivariantConfig(StrictModel):
     """F of a flat observation (default: the suite's per-client features); unused for Dict observations."""
     n_global_features: int | None = Field(None, ge=0)
     """G of a flat observation (default: the suite's global features); unused for Dict observations."""
+    deterministic_selection: Literal["expected_count", "mode"] = "expected_count"
+    """Deterministic client bits: the ``round(sum p)`` most likely clients, or each client's own mode (SB3's);
+    see :mod:`qflgym.agents.policies.selection_mode`."""
 
     _pooling = field_validator("pooling")(registered_name("qflgym.agents.policies.set_encoder:POOLINGS"))
 
@@ -221,6 +225,8 @@ class EquivariantMixin:
         self.action_layout = ActionLayout.of(
             self.action_space, self.action_dist, self._split.n_clients, self.equivariant_config.per_client
         )
+        if self.action_layout.per_client and self.equivariant_config.deterministic_selection == "expected_count":
+            self.action_dist = expected_count_distribution(self.action_dist, self._split.n_clients)
         self.action_net = ClientActionHead(self.mlp_extractor.latent_dim_pi, self.action_layout)
         if self.action_layout.log_std_dim:
             self.log_std = nn.Parameter(torch.full((self.action_layout.log_std_dim,), float(self.log_std_init)))
