@@ -123,18 +123,24 @@ def sb3(env: Any, *, seed: int | None = None, path: str = "", algo: str | None =
     """A trained SB3 model loaded from ``path`` (a ``.zip`` or a ``qflgym train`` run directory).
 
     Args:
-        env: The env the model will act on (its spaces are checked against the model's).
+        env: The env the model will act on (its spaces are checked against the model's; an equivariant policy
+            trained with another number of clients is rebuilt for it).
         seed: Unused (a model's stochasticity is set by ``deterministic``).
         path: Model file or run directory.
         algo: Algorithm name (ppo, a2c, dqn, sac, td3, maskable-ppo); default read from the run directory.
     """
+    from qflgym.agents.policies import adapt_model, is_equivariant
+
     if not path:
         raise ConfigError("controller 'sb3' needs path= (a model .zip or a qflgym train run directory)")
     controller = SB3Controller.load(path, algo=algo)
     obs_space = env_attr(env, "observation_space")
     act_space = env_attr(env, "action_space")
     model = controller.model
-    if model.observation_space.shape != obs_space.shape or model.action_space != act_space:
+    same_spaces = model.observation_space == obs_space and model.action_space == act_space
+    if not same_spaces and is_equivariant(model) and controller.obs_normalizer is None:
+        controller.model = adapt_model(model, env)  # per-client weights: the same policy for another N
+    elif model.observation_space.shape != obs_space.shape or model.action_space != act_space:
         raise ConfigError(
             f"model {path} was trained on observation {model.observation_space.shape} / action "
             f"{model.action_space}, but the env has observation {obs_space.shape} / action {act_space}"

@@ -166,6 +166,8 @@ def _train(cfg: TrainConfig, argv: list[str] | None) -> TrainResult:
     from stable_baselines3.common.utils import set_random_seed
     from stable_baselines3.common.vec_env import VecNormalize
 
+    from qflgym.agents.policies import resolve_policy
+
     set_random_seed(cfg.seed)
     run_dir = Path(cfg.out) / cfg.algo / (cfg.run_name or run_name(cfg.env, cfg.seed))
 
@@ -229,7 +231,7 @@ def _train(cfg: TrainConfig, argv: list[str] | None) -> TrainResult:
         )
 
     model = algo_class(
-        policy,
+        resolve_policy(policy, algo_class),
         venv,
         seed=cfg.seed,
         device=cfg.device,
