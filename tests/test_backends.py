@@ -10,13 +10,9 @@ import pytest
 import torch
 
 from qflgym.qfl_core.backends import BACKENDS, Backend, ClientNoise, PennyLaneBackend, TorchBackend, make_backend
-from qflgym.qfl_core.backends.torch_backend import (
-    kron_matrices,
-    kron_vectors,
-    kron_vectors_grad,
-    pauli_cnot_table,
-    sample_counts,
-)
+from qflgym.qfl_core.backends.linalg import kron_matrices, kron_vectors, kron_vectors_grad
+from qflgym.qfl_core.backends.pauli import pauli_cnot_table
+from qflgym.qfl_core.backends.sampling import sample_counts
 from qflgym.qfl_core.circuits import CircuitSpec
 from qflgym.qfl_core.config import BackendConfig
 
@@ -216,9 +212,9 @@ def test_outcome_probabilities(q: int, reupload: bool, engine: str) -> None:
     weights, x = draw(spec, 2, 3, 4)
     weights = weights.detach()
     noise = ClientNoise((None,) * 2, (0.15, 0.0), (0.0, 0.0))
-    _, noisy = backend._noisy(weights, x, noise, need_probs=True)
-    _, saved = backend._forward(weights, x, save=False)
-    pure = backend._probabilities(saved.psi)
+    _, noisy = backend.pauli.run(weights, x, noise, need_probs=True)
+    _, saved = backend.statevector.forward(weights, x, save=False)
+    pure = backend.statevector.probabilities(saved.psi)
 
     @qp.qnode(qp.device("default.mixed", wires=q))
     def probs(xb: torch.Tensor, w: torch.Tensor, p: float) -> object:
@@ -349,3 +345,27 @@ def test_kron_helpers() -> None:
     # L = Re <grad_out, kron(v)> has PyTorch gradient grad_out with respect to the product
     (auto,) = torch.autograd.grad((kron_vectors(v) * grad_out.conj()).real.sum(), v)
     torch.testing.assert_close(kron_vectors_grad(grad_out, v.detach()), auto)
+
+
+@pytest.mark.parametrize("depolarizing", [0.0, 0.1])
+def test_torch_rejects_inputs_that_require_grad(depolarizing: float) -> None:
+    """Gradients w.r.t. the features are not computed: asking for them is an error, not a silent ``None``."""
+    spec = CircuitSpec(3, 2)
+    backend = make_backend(spec, BackendConfig())
+    weights, x = draw(spec, 2, 3, 0)
+    noise = ClientNoise.uniform(2, depolarizing=depolarizing)
+    with pytest.raises(ValueError, match="x requires a gradient"):
+        backend.expvals(weights, x.requires_grad_(True), noise, torch.Generator())
+    with torch.no_grad():  # no gradient asked for: fine
+        assert backend.expvals(weights, x, noise, torch.Generator()).shape == (2, 3, 3)
+
+
+def test_split_engine_builds_no_dense_tables() -> None:
+    """Above the dense limit only the split tables exist (the dense index table grows as 4^Q)."""
+    spec = CircuitSpec(8, 2)
+    backend = make_backend(spec, BackendConfig())
+    assert backend.engine == "split"
+    weights, x = draw(spec, 1, 2, 0)
+    backend.expvals(weights, x, ClientNoise.exact(1), torch.Generator())
+    consts = backend.statevector._const(torch.float64, torch.device("cpu"))
+    assert consts["kron_dense"] is None
