@@ -18,19 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .backends.base import Backend, ClientNoise
 from .circuits import CircuitSpec
 from .config import ClientsConfig, PerClient, TrainingConfig
+from .losses import masked_cross_entropy
 from .optim import OPTIMIZERS
 from .strategies import FitConfig
-
-
-def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy per row over its unmasked samples: logits ``[R, B, K]``, y and mask ``[R, B]`` -> ``[R]``."""
-    ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
-    return (ce * mask).sum(1) / mask.sum(1)
 
 
 @dataclass(frozen=True)
@@ -228,15 +222,12 @@ class ClientPool:
         loss_before = None
         for _ in range(fit.local_steps):
             batch = self._sample_batch(rows, generator)
-            params.requires_grad_(True)
-            loss = self.loss(params, *batch, noise, generator)
-            objective = loss.sum()
-            if fit.proximal_mu > 0:
-                objective = objective + 0.5 * fit.proximal_mu * (params - global_params).pow(2).sum()
-            (grad,) = torch.autograd.grad(objective, params)
+            loss, grad = self.backend.loss_and_grad(params, *batch, noise, generator)
+            if fit.proximal_mu > 0:  # the gradient of 0.5 * mu * |params - global|^2
+                grad = grad + fit.proximal_mu * (params - global_params)
             if first_batch is None:
-                first_batch, loss_before = batch, loss.detach()
-            params = optimizer.step(params.detach(), grad)
+                first_batch, loss_before = batch, loss
+            params = optimizer.step(params, grad)
         assert first_batch is not None and loss_before is not None
         per_step = np.minimum(self.sizes[client_ids], self._batch)
         samples = per_step * fit.local_steps

@@ -116,8 +116,8 @@ def test_torch_matches_pennylane(q: int, layers: int, reupload: bool, entangler:
     noise = ClientNoise.exact(clients)
     cotangent = torch.randn(clients, batch, q, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     z_ref, grad_ref = value_and_grad(pl_backend, weights, x, noise, cotangent)
-    engines = ["dense", "split"] if q > 1 else ["dense"]
-    for engine in engines:  # both engines are exact for every size
+    engines = (["dense", "split"] if q > 1 else ["dense"]) + ([] if reupload else ["unitary"])
+    for engine in engines:  # every engine is exact for every size
         torch_backend.engine = engine
         z, grad = value_and_grad(torch_backend, weights, x, noise, cotangent)
         torch.testing.assert_close(z, z_ref, atol=1e-9, rtol=0)
@@ -367,5 +367,36 @@ def test_split_engine_builds_no_dense_tables() -> None:
     assert backend.engine == "split"
     weights, x = draw(spec, 1, 2, 0)
     backend.expvals(weights, x, ClientNoise.exact(1), torch.Generator())
-    consts = backend.statevector._const(torch.float64, torch.device("cpu"))
+    consts = backend.statevector.const(torch.float64, torch.device("cpu"))
     assert consts["kron_dense"] is None
+
+
+@pytest.mark.parametrize(
+    ("q", "readout", "readout_error"),
+    [(1, "linear", 0.0), (3, "grouping", 0.0), (4, "linear", 0.1), (6, "linear", 0.0)],
+)
+def test_fused_loss_and_grad_matches_autograd(q: int, readout: str, readout_error: float) -> None:
+    """The hand-written loss-and-gradient (unitary and gate-by-gate engines) against autograd through expvals."""
+    spec = CircuitSpec(q, 2, readout=readout, n_classes=2 if readout == "grouping" else 3)  # type: ignore[arg-type]
+    backend = make_backend(spec, BackendConfig())
+    rng = np.random.default_rng(q)
+    params = torch.tensor(rng.normal(0, 1, (3, spec.n_params)))
+    x = torch.tensor(rng.uniform(0, np.pi, (3, 5, q)))
+    y = torch.tensor(rng.integers(0, spec.n_classes, (3, 5)))
+    mask = torch.tensor([[1.0] * 5, [1.0] * 3 + [0.0] * 2, [1.0] + [0.0] * 4], dtype=torch.float64)
+    noise = ClientNoise.uniform(3, readout_error=readout_error)
+    backend.engine = "dense"
+    loss_ref, grad_ref = Backend.loss_and_grad(backend, params, x, y, mask, noise, torch.Generator())
+    for engine in ["unitary", "dense"] + (["split"] if q > 1 else []):
+        backend.engine = engine
+        loss, grad = backend.loss_and_grad(params, x, y, mask, noise, torch.Generator())
+        torch.testing.assert_close(loss, loss_ref, atol=1e-12, rtol=0)
+        torch.testing.assert_close(grad, grad_ref, atol=1e-12, rtol=0)
+
+
+def test_unitary_engine_needs_no_reupload() -> None:
+    backend = make_backend(CircuitSpec(3, 2, reupload=True), BackendConfig())
+    assert backend.engine == "dense"
+    backend.engine = "unitary"
+    with pytest.raises(ValueError, match="reupload=False"):
+        backend.statevector  # noqa: B018

@@ -103,7 +103,7 @@ class StatevectorSimulator:
         self._layouts: dict[tuple[Any, ...], Any] = {}
         self._perms = [spec.cnot_permutation(layer) for layer in range(spec.n_layers)]
 
-    def _const(self, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+    def const(self, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
         """Constants of one dtype: ``Rot`` map, sign tables, Kronecker and partial-trace index maps."""
         key = (dtype, self.split_at, device)
         if key not in self._consts:
@@ -147,7 +147,7 @@ class StatevectorSimulator:
         ]
         return torch.as_tensor(np.concatenate(index)).view(1, -1)
 
-    def _layout(self, batch: int, device: torch.device) -> dict[str, Any]:
+    def layout(self, batch: int, device: torch.device) -> dict[str, Any]:
         """Index maps on the state layout ``[C, R, B, K]`` for batch size ``B`` (cached).
 
         Dense: the gather index of the embedded product state (and of the per-sample ``RX`` layer with
@@ -184,11 +184,11 @@ class StatevectorSimulator:
     def forward(self, weights: torch.Tensor, x: torch.Tensor, save: bool) -> tuple[torch.Tensor, _Saved]:
         """Noiseless statevector simulation without autograd; returns ``z [C, B, Q]`` and the intermediates."""
         spec = self.spec
-        const = self._const(weights.dtype, weights.device)
+        const = self.const(weights.dtype, weights.device)
         n_clients, batch = x.shape[0], x.shape[1]
         n_layers, q, a = spec.n_layers, spec.n_qubits, self.split_at
         rows, cols = 2**a, 2 ** (q - a)
-        layout = self._layout(batch, weights.device)
+        layout = self.layout(batch, weights.device)
         with torch.no_grad():
             angles = torch.addmm(const["rot_bias"], weights.reshape(-1, 3), const["rot_matrix"])
             cos = torch.cos(angles)
@@ -253,11 +253,11 @@ class StatevectorSimulator:
     def backward(self, saved: _Saved, grad_z: torch.Tensor) -> torch.Tensor:
         """Adjoint-method gradient of ``sum(grad_z * z)`` with respect to the weights."""
         spec = self.spec
-        const = self._const(saved.angles.dtype, saved.angles.device)
+        const = self.const(saved.angles.dtype, saved.angles.device)
         psi = saved.psi
         n_clients, rows, batch, cols = psi.shape
         a, q = self.split_at, spec.n_qubits
-        layout = self._layout(batch, psi.device)
+        layout = self.layout(batch, psi.device)
         # dL/dpsi in PyTorch's convention (dL/dRe + i dL/dIm) for L = sum grad_z * sum_i |psi_i|^2 S[i, q]
         h = grad_z.to(saved.angles.dtype) @ const["signs_t2"]  # [C, B, D]
         if a:
@@ -301,6 +301,6 @@ class StatevectorSimulator:
         with torch.no_grad():
             n_clients, _, batch, _ = psi.shape
             probs = (psi.real.square() + psi.imag.square()).transpose(1, 2).reshape(n_clients, batch, -1)
-            finv = self._const(probs.dtype, probs.device)["finv_last"]
+            finv = self.const(probs.dtype, probs.device)["finv_last"]
             return probs if finv is None else probs.index_select(-1, finv)
 

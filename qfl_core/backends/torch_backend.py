@@ -2,18 +2,24 @@
 
 All ``C`` clients and their ``B`` samples are simulated in one call with a handful of tensor operations:
 
-* noiseless circuits by :class:`~qflgym.qfl_core.backends.statevector.StatevectorSimulator` (``dense`` or
-  ``split`` engine, hand-written adjoint backward; see :mod:`qflgym.qfl_core.backends.statevector`);
+* noiseless circuits by one of three exact engines with hand-written adjoint backwards: ``unitary`` (each
+  client's circuit as one matrix applied to all its samples; :mod:`qflgym.qfl_core.backends.unitary`), or
+  ``dense`` / ``split`` gate by gate (:mod:`qflgym.qfl_core.backends.statevector`);
 * any client with depolarizing noise ``p > 0`` by the exact Pauli-transfer simulation of
   :mod:`qflgym.qfl_core.backends.pauli` (ordinary autograd);
 * readout bit flips ``r``: exact for expectations, ``<Z_q> -> (1 - 2r) <Z_q>``;
 * finite shots by :mod:`qflgym.qfl_core.backends.sampling` (exact multinomial counts, straight-through gradient).
+
+:meth:`TorchBackend.loss_and_grad` folds the readout and the cross-entropy gradient into the same hand-written
+backward (:func:`~qflgym.qfl_core.losses.readout_cross_entropy`), so a training step builds no autograd graph.
 
 Gradients flow to the weights only: features ``x`` are data, and passing features that require a gradient
 raises a ``ValueError`` rather than silently returning no gradient for them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -22,11 +28,19 @@ from qflgym.qfl_core.backends.linalg import COMPLEX
 from qflgym.qfl_core.backends.pauli import PauliTransferSimulator
 from qflgym.qfl_core.backends.sampling import shot_estimates
 from qflgym.qfl_core.backends.statevector import NoiselessCircuit, StatevectorSimulator
+from qflgym.qfl_core.backends.unitary import UnitarySimulator
 from qflgym.qfl_core.circuits import CircuitSpec
 from qflgym.qfl_core.config import BackendConfig
+from qflgym.qfl_core.losses import readout_cross_entropy
 
-#: The noiseless engines: qubits in the first register part as a function of the qubit count.
-ENGINES = {"dense": lambda n_qubits: 0, "split": lambda n_qubits: n_qubits // 2}
+Engine = StatevectorSimulator | UnitarySimulator
+
+#: The noiseless engines, each built as ``factory(spec)``.
+ENGINES: dict[str, Callable[[CircuitSpec], Engine]] = {
+    "unitary": UnitarySimulator,
+    "dense": lambda spec: StatevectorSimulator(spec, 0),
+    "split": lambda spec: StatevectorSimulator(spec, spec.n_qubits // 2),
+}
 
 
 class TorchBackend(Backend):
@@ -37,13 +51,16 @@ class TorchBackend(Backend):
         config: Only ``dtype`` is used (``float64`` simulates in ``complex128``, ``float32`` in ``complex64``).
 
     Attributes:
-        engine: ``"dense"`` (one ``2^Q x 2^Q`` matrix per layer) or ``"split"`` (two Kronecker factors), chosen
-            from the qubit count; both are exact and may be overridden after construction.
+        engine: ``"unitary"`` (one ``2^Q x 2^Q`` matrix per client), ``"dense"`` (one per layer) or ``"split"``
+            (two Kronecker factors per layer), chosen from the qubit count and re-uploading; all are exact and
+            may be overridden after construction (``unitary`` needs ``reupload=False``).
         pauli: The noisy-path simulator (:class:`~qflgym.qfl_core.backends.pauli.PauliTransferSimulator`).
     """
 
     name = "torch"
 
+    #: Largest ``Q`` simulated through each client's unitary (without re-uploading).
+    unitary_max_qubits: int = 5
     #: Largest ``Q`` simulated with one dense ``2^Q x 2^Q`` matrix per layer (above: two Kronecker factors).
     dense_max_qubits: int = 5
     #: The same with re-uploading, whose per-sample embedding layer is cheaper in two factors.
@@ -53,18 +70,19 @@ class TorchBackend(Backend):
         super().__init__(spec, config)
         limit = self.dense_max_qubits_reupload if spec.reupload else self.dense_max_qubits
         self.engine = "dense" if spec.n_qubits <= limit else "split"
-        self._statevector: dict[int, StatevectorSimulator] = {}
+        if not spec.reupload and spec.n_qubits <= self.unitary_max_qubits:
+            self.engine = "unitary"
+        self._engines: dict[str, Engine] = {}
         self.pauli = PauliTransferSimulator(spec)
 
     @property
-    def statevector(self) -> StatevectorSimulator:
+    def statevector(self) -> Engine:
         """The noiseless simulator of the current :attr:`engine` (built on first use)."""
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {self.engine!r}")
-        split_at = ENGINES[self.engine](self.spec.n_qubits)
-        if split_at not in self._statevector:
-            self._statevector[split_at] = StatevectorSimulator(self.spec, split_at)
-        return self._statevector[split_at]
+        if self.engine not in self._engines:
+            self._engines[self.engine] = ENGINES[self.engine](self.spec)
+        return self._engines[self.engine]
 
     def expvals(
         self, weights: torch.Tensor, x: torch.Tensor, noise: ClientNoise, generator: torch.Generator
@@ -106,3 +124,34 @@ class TorchBackend(Backend):
         if probs is not None and noise.has_shots:
             z = shot_estimates(z, probs, noise, generator)
         return z
+
+    def loss_and_grad(
+        self,
+        params: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        noise: ClientNoise,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss ``[C]`` and gradient ``[C, P]`` (see :meth:`Backend.loss_and_grad`) without autograd.
+
+        Exact expectations (readout bit flips included) take the engine's forward and hand-written backward with
+        the closed-form readout and cross-entropy gradient; depolarizing noise and finite shots take the
+        autograd default.
+        """
+        if any(noise.depolarizing) or noise.has_shots or params.dtype not in COMPLEX:
+            return super().loss_and_grad(params, x, y, mask, noise, generator)
+        weights, readout = self.spec.split(params.detach())
+        self.check_inputs(weights, x, noise)
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            return params.new_zeros(x.shape[0]), torch.zeros_like(params)
+        simulator = self.statevector
+        z, saved = simulator.forward(weights, x.detach().to(params.dtype), save=True)
+        scale = None
+        if any(noise.readout_error):
+            scale = torch.tensor([1.0 - 2.0 * r for r in noise.readout_error], dtype=z.dtype).view(-1, 1, 1)
+            z = z * scale
+        loss, grad_z, grad_readout = readout_cross_entropy(self.spec, z, readout, y, mask)
+        grad_weights = simulator.backward(saved, grad_z if scale is None else grad_z * scale)
+        return loss, torch.cat((grad_weights.flatten(1), grad_readout), 1)
