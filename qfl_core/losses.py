@@ -41,17 +41,17 @@ def readout_cross_entropy(
             logits = torch.baddbmm(readout[:, q * k :].unsqueeze(1), z, w)
         else:
             w = spec.grouping_matrix(z.dtype).to(z.device)
-            logits = z @ w
+            w = w.expand(len(z), *w.shape)  # one product per row (see backends.linalg.rowwise_matmul)
+            logits = torch.bmm(z, w)
         log_p = torch.log_softmax(logits, -1)
         weight = mask / mask.sum(1, keepdim=True)
         picked = log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1)
         loss = -(picked * weight).sum(1)
         grad_logits = torch.exp(log_p).scatter_add_(-1, y.unsqueeze(-1), -torch.ones_like(picked).unsqueeze(-1))
         grad_logits = grad_logits * weight.unsqueeze(-1)
+        grad_z = torch.bmm(grad_logits, w.mT)
         if spec.readout == "linear":
-            grad_z = torch.bmm(grad_logits, w.mT)
             grad_readout = torch.cat((torch.bmm(z.mT, grad_logits).flatten(1), grad_logits.sum(1)), 1)
         else:
-            grad_z = grad_logits @ w.T
             grad_readout = readout.new_zeros(readout.shape)
     return loss, grad_z, grad_readout

@@ -39,10 +39,24 @@ def rot_affine_tensors(dtype: torch.dtype, device: torch.device) -> tuple[torch.
     return torch.as_tensor(matrix, dtype=dtype, device=device), torch.as_tensor(bias, dtype=dtype, device=device)
 
 
+def rowwise_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b (+ bias)`` for ``a [C, ..., K]`` and ``b [K, N]``, as one product per leading row ``c``.
+
+    A plain ``a @ b`` folds the leading dimensions into one matrix product whose rounding can depend on how
+    many rows there are; a batched product over ``C`` gives every row the bits it would get alone (what
+    batched federations rely on).
+    """
+    rows, k = a.shape[0], a.shape[-1]
+    flat = a.reshape(rows, -1, k)
+    wide = b.expand(rows, *b.shape)
+    out = torch.bmm(flat, wide) if bias is None else torch.baddbmm(bias, flat, wide)
+    return out.view(*a.shape[:-1], b.shape[-1])
+
+
 def rot_matrices(weights: torch.Tensor) -> torch.Tensor:
-    """``[..., 3]`` weights to ``[..., 2, 2]`` complex ``Rot`` matrices (differentiable by autograd)."""
+    """``[C, ..., 3]`` weights to ``[C, ..., 2, 2]`` complex ``Rot`` matrices (differentiable by autograd)."""
     matrix, bias = rot_affine_tensors(weights.dtype, weights.device)
-    c = torch.cos(torch.addmm(bias, weights.reshape(-1, 3), matrix))
+    c = torch.cos(rowwise_matmul(weights.reshape(weights.shape[0], -1, 3), matrix, bias)).view(-1, 16)
     return torch.view_as_complex((c[:, :8] * c[:, 8:]).view(*weights.shape[:-1], 2, 2, 2))
 
 
@@ -108,7 +122,8 @@ def kron_vectors_grad(grad: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     flat = v.reshape(-1, 2 * n)
     others = flat[:, index.to(flat.device)].view(-1, n, n - 1, 2**n).prod(2)  # [N, n, 2^n]: prod_{p != q} v_p[j_p]
     weighted = grad.reshape(-1, 1, 2**n) * others.conj()
-    return (weighted.view(-1, n * 2**n) @ select.to(weighted)).view(*batch, n, 2)
+    rows = weighted.view(batch[0] if batch else 1, -1, n * 2**n)
+    return rowwise_matmul(rows, select.to(weighted)).view(*batch, n, 2)
 
 
 @functools.cache

@@ -24,6 +24,7 @@ from qflgym.qfl_core.backends.linalg import (
     kron_matrices,
     kron_vectors,
     rot_matrices,
+    rowwise_matmul,
     to_device,
 )
 from qflgym.qfl_core.circuits import CircuitSpec
@@ -147,7 +148,8 @@ class PauliTransferSimulator:
         rot = rot_matrices(weights)  # [C, L, Q, 2, 2]
         flat = rot.reshape(-1, 4)
         outer = (flat.unsqueeze(-1) * flat.conj().unsqueeze(-2)).view(-1, 16)  # R[b, c] conj(R[a, d])
-        transfer = (outer @ const["transfer_map"]).real.view(*rot.shape[:3], 4, 4)  # [C, L, Q, 4, 4]
+        transfer = rowwise_matmul(outer.view(n_clients, -1, 16), const["transfer_map"]).real
+        transfer = transfer.view(*rot.shape[:3], 4, 4)  # [C, L, Q, 4, 4]
         mats = (kron_matrices(transfer[:, :, :a]) if a else None, kron_matrices(transfer[:, :, a:].transpose(-1, -2)))
         sin, cos = torch.sin(x), torch.cos(x)
         one, zero = torch.ones_like(x), torch.zeros_like(x)
@@ -163,7 +165,7 @@ class PauliTransferSimulator:
             rx = rx.view(n_clients, batch, q, 4, 4)
             emb = (kron_matrices(rx[:, :, :a]) if a else None, kron_matrices(rx[:, :, a:].transpose(-1, -2)))
             final = self._forward(state, mats, emb, scale)
-            z = torch.einsum("crbk,rkq->cbq", final, const["zsel"])
+            z = rowwise_matmul(final.transpose(1, 2).reshape(n_clients, batch, -1), const["zsel"].view(-1, q))
             probs = self._probs(final) if need_probs else None
             return z, probs
         z = self._backward(const["obs_z"], mats, scale, state)

@@ -45,6 +45,7 @@ from qflgym.qfl_core.backends.linalg import (
     kron_vectors_grad,
     partial_trace_matrix,
     rot_affine,
+    rowwise_matmul,
     to_device,
     xor_phase,
 )
@@ -190,7 +191,8 @@ class StatevectorSimulator:
         rows, cols = 2**a, 2 ** (q - a)
         layout = self.layout(batch, weights.device)
         with torch.no_grad():
-            angles = torch.addmm(const["rot_bias"], weights.reshape(-1, 3), const["rot_matrix"])
+            angles = rowwise_matmul(weights.reshape(n_clients, -1, 3), const["rot_matrix"], const["rot_bias"])
+            angles = angles.view(-1, 16)
             cos = torch.cos(angles)
             rot = torch.view_as_complex((cos[:, :8] * cos[:, 8:]).view(n_clients, n_layers, q, 2, 2, 2))
             flat = rot.view(n_clients, n_layers, 4 * q)
@@ -247,7 +249,7 @@ class StatevectorSimulator:
             if a:
                 parts = parts.transpose(1, 2)
             parts = parts.reshape(n_clients, batch, -1)
-            z = (parts * parts) @ const["signs2"]
+            z = rowwise_matmul(parts * parts, const["signs2"])
         return z, _Saved(weights.shape, angles, cos, rot, a_mats, bt_mats, emb, product, states, psi)
 
     def backward(self, saved: _Saved, grad_z: torch.Tensor) -> torch.Tensor:
@@ -259,7 +261,7 @@ class StatevectorSimulator:
         a, q = self.split_at, spec.n_qubits
         layout = self.layout(batch, psi.device)
         # dL/dpsi in PyTorch's convention (dL/dRe + i dL/dIm) for L = sum grad_z * sum_i |psi_i|^2 S[i, q]
-        h = grad_z.to(saved.angles.dtype) @ const["signs_t2"]  # [C, B, D]
+        h = rowwise_matmul(grad_z.to(saved.angles.dtype), const["signs_t2"])  # [C, B, D]
         if a:
             h = h.view(n_clients, batch, rows, cols).transpose(1, 2).contiguous()
         grad = h.reshape(n_clients, rows, batch, cols) * psi
@@ -271,10 +273,10 @@ class StatevectorSimulator:
             grad = apply_kron(grad, None if a_mat is None else a_mat.mH, saved.bt_mats[:, layer].mH)
             # sum_b g_b phi_b^H, reduced to each register part and then to each qubit
             yb = torch.bmm(phi.view(n_clients, -1, cols).mH, grad.view(n_clients, -1, cols))
-            trace = (yb.view(n_clients, -1) @ const["ptrace_b"]).view(n_clients, q - a, 2, 2)
+            trace = rowwise_matmul(yb.view(n_clients, 1, -1), const["ptrace_b"]).view(n_clients, q - a, 2, 2)
             if a_mat is not None:
                 xa = torch.bmm(grad.view(n_clients, rows, -1), phi.view(n_clients, rows, -1).mH)
-                trace_a = (xa.view(n_clients, -1) @ const["ptrace_a"]).view(n_clients, a, 2, 2)
+                trace_a = rowwise_matmul(xa.view(n_clients, 1, -1), const["ptrace_a"]).view(n_clients, a, 2, 2)
                 trace = torch.cat((trace_a, trace), 1)
             traces.append(trace)
             if layer:
@@ -294,7 +296,8 @@ class StatevectorSimulator:
             grad_rot = grad_rot0 if grad_rot is None else torch.cat((grad_rot0, grad_rot), 1)
         # parts = cos[:, :8] * cos[:, 8:]: each half's gradient is the other half times grad_parts
         grad_cos = torch.view_as_real(grad_rot).view(-1, 1, 8) * saved.cos.view(-1, 2, 8).flip(1)
-        return ((grad_cos.view(-1, 16) * torch.sin(saved.angles)) @ const["rot_grad"]).view(saved.shape)
+        grad_angles = (grad_cos.view(-1, 16) * torch.sin(saved.angles)).view(n_clients, -1, 16)
+        return rowwise_matmul(grad_angles, const["rot_grad"]).view(saved.shape)
 
     def probabilities(self, psi: torch.Tensor) -> torch.Tensor:
         """Outcome probabilities ``[C, B, D]`` in the true basis from a final state in the layout."""

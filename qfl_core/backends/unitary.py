@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from qflgym.qfl_core.backends.linalg import rowwise_matmul
 from qflgym.qfl_core.backends.statevector import StatevectorSimulator
 from qflgym.qfl_core.circuits import CircuitSpec
 
@@ -64,7 +65,8 @@ class UnitarySimulator:
         n_layers, q = self.spec.n_layers, self.spec.n_qubits
         dim = 2**q
         with torch.no_grad():
-            angles = torch.addmm(const["rot_bias"], weights.reshape(-1, 3), const["rot_matrix"])
+            angles = rowwise_matmul(weights.reshape(n_clients, -1, 3), const["rot_matrix"], const["rot_bias"])
+            angles = angles.view(-1, 16)
             cos = torch.cos(angles)
             rot = torch.view_as_complex((cos[:, :8] * cos[:, 8:]).view(n_clients, n_layers, q, 2, 2, 2))
             index = const["kron_dense"].expand(n_clients, -1)
@@ -76,7 +78,7 @@ class UnitarySimulator:
             index = self._dense.layout(batch, weights.device)["embed"].expand(n_clients, -1)
             amplitudes = cs.view(n_clients, -1).gather(1, index).view(n_clients, batch, dim, q).prod(-1)
             psi = torch.bmm(amplitudes, torch.view_as_real(partial[-1]).view(n_clients, dim, 2 * dim))
-            z = (psi * psi) @ const["signs2"]
+            z = rowwise_matmul(psi * psi, const["signs2"])
         return z, UnitarySaved(weights.shape, angles, cos, rot, bt_mats, partial, amplitudes, psi)
 
     def backward(self, saved: UnitarySaved, grad_z: torch.Tensor) -> torch.Tensor:
@@ -88,7 +90,7 @@ class UnitarySimulator:
             key = (saved.psi.dtype, saved.psi.device)
             if key not in self._signs_t2:  # d<Z_q>/d psi_(i, re|im) = 2 psi_(i, re|im) S[i, q]
                 self._signs_t2[key] = (2.0 * const["signs2"].mT).contiguous()
-            grad_psi = (grad_z.to(saved.psi.dtype) @ self._signs_t2[key]) * saved.psi
+            grad_psi = rowwise_matmul(grad_z.to(saved.psi.dtype), self._signs_t2[key]) * saved.psi
             grad = torch.view_as_complex(torch.bmm(saved.amplitudes.mT, grad_psi).view(n_clients, dim, dim, 2))
             traces = []
             for layer in reversed(range(n_layers)):
@@ -97,11 +99,12 @@ class UnitarySimulator:
                     traces.append(torch.bmm(saved.partial[layer - 1].mH, grad))
                 else:
                     traces.append(const["embed_phase"].conj().unsqueeze(-1) * grad)
-            stacked = torch.stack(traces[::-1], 1).view(n_clients * n_layers, dim * dim)
-            trace = (stacked @ const["ptrace_b"]).view(n_clients, n_layers, -1, 2, 2)
+            stacked = torch.stack(traces[::-1], 1).view(n_clients, n_layers, dim * dim)
+            trace = rowwise_matmul(stacked, const["ptrace_b"]).view(n_clients, n_layers, -1, 2, 2)
             grad_rot = saved.rot @ trace  # G_q Tr_{not q}(...)
             grad_cos = torch.view_as_real(grad_rot).view(-1, 1, 8) * saved.cos.view(-1, 2, 8).flip(1)
-            return ((grad_cos.view(-1, 16) * torch.sin(saved.angles)) @ const["rot_grad"]).view(saved.shape)
+            grad_angles = (grad_cos.view(-1, 16) * torch.sin(saved.angles)).view(n_clients, -1, 16)
+            return rowwise_matmul(grad_angles, const["rot_grad"]).view(saved.shape)
 
     def probabilities(self, psi: torch.Tensor) -> torch.Tensor:
         """Outcome probabilities ``[C, B, D]`` (true basis) from :attr:`UnitarySaved.psi`."""
