@@ -32,9 +32,9 @@ import torch
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernel_peers import PEERS, Workload, available_peers, check, qflgym_step  # noqa: E402
+from kernel_peers import PEERS, Workload, available_peers, check, qflgym_step
 
-from qflgym.qfl_core import Federation, FederationConfig  # noqa: E402
+from qflgym.qfl_core import Federation, FederationConfig
 
 PRESETS = ("default", "qubits8")
 BACKENDS = {

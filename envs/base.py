@@ -250,26 +250,43 @@ class QFLEnv(gym.Env, ABC):
             ValueError: If ``action`` is not in the action space (the message names the space).
             RuntimeError: If called before ``reset`` or after the episode ended.
         """
+        decision, prev_acc, prev_loss = self.begin_step(action)
+        report = None
+        if not decision.stop:
+            report = self.federation.run_round(decision.selected, decision.lr, decision.local_steps)
+        return self.end_step(decision, prev_acc, prev_loss, report)
+
+    def begin_step(self, action: Any) -> tuple[ControlDecision, float, float]:
+        """First half of :meth:`step`: decode ``action`` and fill the knobs it leaves open.
+
+        Returns the resolved decision (every field set unless it stops) and the validation accuracy and loss
+        before the round. The round itself (``federation.run_round`` with the decision, unless it stops) and
+        :meth:`end_step` complete the step; a vectorized env runs the rounds of many envs in one batch between
+        the two halves.
+        """
         if self.federation is None:
             raise RuntimeError(f"{type(self).__name__}: call reset() before step()")
         if self._episode_over:
             raise RuntimeError(f"{type(self).__name__}: the episode has ended; call reset()")
         decision = self.action_codec.decode(action)
-        st = self.client_state
         self._steps += 1
-        prev_acc, prev_loss = self._val_acc, self._val_loss
         if decision.stop:
-            report = None
-            self.last_decision = decision
-        else:
-            selected = decision.selected
-            if selected is None:
-                selected = self._selection_rule(st, self._k, self.np_random)
-            lr = self._fixed_lr if decision.lr is None else decision.lr
-            steps = self._fixed_steps if decision.local_steps is None else decision.local_steps
-            report = self.federation.run_round(selected, lr, steps)
-            self.last_decision = ControlDecision(selected, lr, steps, False)
-            self._apply_report(report, selected)
+            return decision, self._val_acc, self._val_loss
+        selected = decision.selected
+        if selected is None:
+            selected = self._selection_rule(self.client_state, self._k, self.np_random)
+        lr = self._fixed_lr if decision.lr is None else decision.lr
+        steps = self._fixed_steps if decision.local_steps is None else decision.local_steps
+        return ControlDecision(selected, lr, steps, False), self._val_acc, self._val_loss
+
+    def end_step(
+        self, decision: ControlDecision, prev_acc: float, prev_loss: float, report: RoundReport | None
+    ) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """Second half of :meth:`step`: book the round's ``report`` (``None`` when stopping); returns step's tuple."""
+        st = self.client_state
+        self.last_decision = decision
+        if report is not None:
+            self._apply_report(report, decision.selected)
         self.last_report = report
 
         reached_now = False

@@ -12,6 +12,8 @@ import importlib
 
 import gymnasium as gym
 
+from .vector import vector_entry_point
+
 __all__ = ["ENV_IDS", "register_envs"]
 
 #: ``(env name, module, class prefix)`` of the four control problems.
@@ -40,5 +42,6 @@ def register_envs() -> None:
             gym.register(
                 id=env_id,
                 entry_point=entry_point,
+                vector_entry_point=vector_entry_point(entry_point),
                 max_episode_steps=int(cls.default_config()["round_budget"]),
             )
