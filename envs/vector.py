@@ -12,7 +12,8 @@ Made by ``gym.make_vec(id, num_envs=B, vectorization_mode="vector_entry_point", 
 ``NEXT_STEP`` mode: the step after a sub-env terminates or truncates resets it (its action is ignored) and
 returns the reset observation with reward 0, ``terminated=truncated=False`` and the reset info. ``SAME_STEP``
 (reset in the step that ends the episode; the last observation and info in ``info["final_obs"]`` /
-``info["final_info"]``) is available too and backs the SB3 adapter (:mod:`qflgym.envs.sb3_vec_env`).
+``info["final_info"]``) is available too. :class:`qflgym.envs.sb3_vec_env.BatchedVecEnv` gives the same
+stepping SB3's ``VecEnv`` interface.
 """
 
 from __future__ import annotations
@@ -108,17 +109,23 @@ class QFLVectorEnv(VectorEnv):
         infos: dict[str, Any] = {}
         env_obs = list(iterate(self.single_observation_space, self._observations)) if not mask.all() else None
         obs_list = []
-        for i, env in enumerate(self.envs):
+        for i in range(self.num_envs):
             if mask[i]:
-                obs, info = env.reset(seed=seeds[i], options=options or None)
-                self._autoreset[i] = self._terminations[i] = self._truncations[i] = False
-                self._episode_steps[i] = 0
+                obs, info = self.reset_env(i, seed=seeds[i], options=options or None)
                 infos = self._add_info(infos, info, i)
             else:
                 obs = env_obs[i]
             obs_list.append(obs)
         self._observations = concatenate(self.single_observation_space, obs_list, self._observations)
         return deepcopy(self._observations), infos
+
+    def reset_env(
+        self, index: int, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Reset sub-env ``index`` alone (and its step count); returns its observation and info."""
+        self._autoreset[index] = self._terminations[index] = self._truncations[index] = False
+        self._episode_steps[index] = 0
+        return self.envs[index].reset(seed=seed, options=options)
 
     def _seeds(self, seed: int | Sequence[int | None] | None) -> list[int | None]:
         if seed is None:
@@ -137,16 +144,15 @@ class QFLVectorEnv(VectorEnv):
         results = self.step_envs(list(iterate(self.action_space, actions)), ~resetting)
         infos: dict[str, Any] = {}
         obs_list = []
-        for i, env in enumerate(self.envs):
+        for i in range(self.num_envs):
             if resetting[i]:
-                obs, info = env.reset()
-                self._episode_steps[i] = 0
-                self._rewards[i], self._terminations[i], self._truncations[i] = 0.0, False, False
+                obs, info = self.reset_env(i)
+                self._rewards[i] = 0.0
             else:
                 obs, self._rewards[i], self._terminations[i], self._truncations[i], info = results[i]
                 if self.autoreset_mode == AutoresetMode.SAME_STEP and (self._terminations[i] or self._truncations[i]):
                     final_obs, final_info = obs, info
-                    obs, info = env.reset()
+                    obs, info = self.envs[i].reset()
                     self._episode_steps[i] = 0
                     info = {**info, "final_obs": final_obs, "final_info": final_info}
             infos = self._add_info(infos, info, i)

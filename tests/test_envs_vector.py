@@ -117,3 +117,29 @@ def test_vector_action_masks_stack_the_sub_envs() -> None:
     vec.reset(seed=0)
     masks = vec.action_masks()
     assert masks.shape[0] == 2 and np.array_equal(masks[1], vec.envs[1].action_masks())
+
+
+def test_sb3_batched_vec_env_matches_dummy_vec_env() -> None:
+    """SB3's conventions (same-step reset, terminal_observation) and the DummyVecEnv's numbers, bit for bit."""
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from qflgym.envs.sb3_vec_env import BatchedVecEnv
+
+    batched = BatchedVecEnv(ENV_ID, 2, CONFIG)
+    dummy = make_vec_env(ENV_ID, n_envs=2, env_kwargs={"config": CONFIG}, vec_env_cls=DummyVecEnv)
+    batched.seed(4)
+    dummy.seed(4)
+    np.testing.assert_equal(batched.reset(), dummy.reset())
+    space = batched.action_space
+    space.seed(0)
+    actions = _actions(space, 2, 12, seed=1)
+    for a in actions:
+        obs, rewards, dones, infos = batched.step(a)
+        obs_d, rewards_d, dones_d, infos_d = dummy.step(a)
+        np.testing.assert_equal((obs, rewards, dones), (obs_d, rewards_d, dones_d))
+        for info, info_d in zip(infos, infos_d, strict=True):
+            assert info["TimeLimit.truncated"] == info_d["TimeLimit.truncated"]
+            if "terminal_observation" in info_d:
+                np.testing.assert_equal(info["terminal_observation"], info_d["terminal_observation"])
+    assert len(batched.env_method("action_masks")) == 2 and batched.env_is_wrapped(gym.Wrapper) == [False, False]
