@@ -197,6 +197,13 @@ def available_peers() -> list[str]:
     return [name for name, (module, _) in PEERS.items() if importlib.util.find_spec(module) is not None]
 
 
+def peak_rss_gib() -> float:
+    """This process's peak resident memory (``VmHWM``; unlike ``ru_maxrss`` it is not inherited over exec)."""
+    with open("/proc/self/status") as status:
+        kib = next(line for line in status if line.startswith("VmHWM")).split()[1]
+    return int(kib) / 2**20
+
+
 def check(step: Step, reference: Step, work: Workload, atol: float = 1e-9) -> float:
     """Largest absolute difference of ``step`` from ``reference`` on the workload (raises above ``atol``)."""
     params, _, _ = work.data()

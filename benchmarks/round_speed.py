@@ -83,14 +83,13 @@ FIRST_CALL = """
 import sys, time, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {path!r})
-from kernel_peers import Workload, qflgym_step
+from kernel_peers import Workload, peak_rss_gib, qflgym_step
 work = Workload({q})
 params, _, _ = work.data()
 step = qflgym_step(work)
 t = time.perf_counter(); step(params); first = time.perf_counter() - t
 t = time.perf_counter(); step(params); second = time.perf_counter() - t
-hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][0].split()[1]
-print(first, second, int(hwm) / 2**20)
+print(first, second, peak_rss_gib())
 """
 
 

@@ -36,13 +36,6 @@ def call_groups(items: Sequence[T], noise: Callable[[T], ClientNoise], batch: Ca
     return list(groups.values())
 
 
-def _noise_sum(parts: Sequence[ClientNoise]) -> ClientNoise:
-    total = parts[0]
-    for part in parts[1:]:
-        total = total + part
-    return total
-
-
 def train_jointly(backend: Backend, trainings: Sequence[LocalTraining]) -> None:
     """Run every local training to its end, the trainings of one step sharing backend calls."""
     while active := [t for t in trainings if not t.done]:
@@ -55,7 +48,7 @@ def train_jointly(backend: Backend, trainings: Sequence[LocalTraining]) -> None:
             sizes = [len(t.client_ids) for t in group]
             x, y, mask = (torch.cat(parts) for parts in zip(*batches, strict=True))
             params = torch.cat([t.params for t in group])
-            noise = _noise_sum([t.noise for t in group])
+            noise = ClientNoise.concat([t.noise for t in group])
             loss, grad = backend.loss_and_grad(params, x, y, mask, noise, group[0].generator)
             for t, batch, loss_t, grad_t in zip(group, batches, loss.split(sizes), grad.split(sizes), strict=True):
                 t.apply(batch, loss_t, grad_t)
@@ -73,7 +66,7 @@ def logits_jointly(spec: CircuitSpec, backend: Backend, inputs: Sequence[EvalInp
         for group in call_groups(indexed, lambda item: item[1][2], lambda item: item[1][1].shape[1]):
             params = torch.cat([item[1][0] for item in group])
             x = torch.cat([item[1][1] for item in group])
-            noise = _noise_sum([item[1][2] for item in group])
+            noise = ClientNoise.concat([item[1][2] for item in group])
             weights, readout = spec.split(params)
             logits = spec.logits(backend.expvals(weights, x, noise, group[0][1][3]), readout)
             for (i, _), part in zip(group, logits.split([len(item[1][0]) for item in group]), strict=True):

@@ -400,3 +400,17 @@ def test_unitary_engine_needs_no_reupload() -> None:
     backend.engine = "unitary"
     with pytest.raises(ValueError, match="reupload=False"):
         backend.statevector  # noqa: B018
+
+
+def test_unitary_engine_shares_the_unitary_of_equal_rows() -> None:
+    """Without a backward, rows with equal weights share one unitary: the same bits as computing each."""
+    spec = CircuitSpec(4, 2)
+    backend = make_backend(spec, BackendConfig())
+    assert backend.engine == "unitary"
+    weights, x = draw(spec, 3, 5, 1)
+    repeated = weights.detach()[[0, 1, 0, 2, 1, 0]]
+    x6 = torch.cat([x, x])
+    with torch.no_grad():
+        shared = backend.expvals(repeated, x6, ClientNoise.exact(6), torch.Generator())
+    separate = backend.expvals(repeated.requires_grad_(True), x6, ClientNoise.exact(6), torch.Generator())
+    assert torch.equal(shared, separate.detach())

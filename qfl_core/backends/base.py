@@ -90,10 +90,15 @@ class ClientNoise:
 
     def __add__(self, other: ClientNoise) -> ClientNoise:
         """The clients of ``self`` followed by those of ``other`` (for one backend call over both)."""
-        return ClientNoise(
-            self.shots + other.shots,
-            self.depolarizing + other.depolarizing,
-            self.readout_error + other.readout_error,
+        return ClientNoise.concat([self, other])
+
+    @classmethod
+    def concat(cls, parts: Sequence[ClientNoise]) -> ClientNoise:
+        """The clients of all ``parts`` in order (validated once: linear in the total client count)."""
+        return cls(
+            tuple(s for part in parts for s in part.shots),
+            tuple(p for part in parts for p in part.depolarizing),
+            tuple(r for part in parts for r in part.readout_error),
         )
 
     def select(self, indices: Sequence[int]) -> ClientNoise:

@@ -59,25 +59,36 @@ class UnitarySimulator:
         self._signs_t2: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
     def forward(self, weights: torch.Tensor, x: torch.Tensor, save: bool = True) -> tuple[torch.Tensor, UnitarySaved]:
-        """``z [C, B, Q]`` and the intermediates, without autograd (``save`` is accepted for the engine protocol)."""
-        const = self._dense.const(weights.dtype, weights.device)
+        """``z [C, B, Q]`` and the intermediates, without autograd.
+
+        With ``save=False`` (no backward to come) rows with equal weights share one unitary, e.g. the rows of an
+        evaluation set that all hold the global model; the intermediates are then those of the distinct rows.
+        """
         n_clients, batch = x.shape[0], x.shape[1]
+        inverse = None
+        if not save and n_clients > 1:
+            distinct, inverse = torch.unique(weights.reshape(n_clients, -1), dim=0, return_inverse=True)
+            weights = distinct.view(-1, *weights.shape[1:])
+        const = self._dense.const(weights.dtype, weights.device)
         n_layers, q = self.spec.n_layers, self.spec.n_qubits
-        dim = 2**q
+        n_models, dim = weights.shape[0], 2**q
         with torch.no_grad():
-            angles = rowwise_matmul(weights.reshape(n_clients, -1, 3), const["rot_matrix"], const["rot_bias"])
+            angles = rowwise_matmul(weights.reshape(n_models, -1, 3), const["rot_matrix"], const["rot_bias"])
             angles = angles.view(-1, 16)
             cos = torch.cos(angles)
-            rot = torch.view_as_complex((cos[:, :8] * cos[:, 8:]).view(n_clients, n_layers, q, 2, 2, 2))
-            index = const["kron_dense"].expand(n_clients, -1)
-            bt_mats = rot.view(n_clients, -1).gather(1, index).view(n_clients, n_layers, q, dim, dim).prod(2)
+            rot = torch.view_as_complex((cos[:, :8] * cos[:, 8:]).view(n_models, n_layers, q, 2, 2, 2))
+            index = const["kron_dense"].expand(n_models, -1)
+            bt_mats = rot.view(n_models, -1).gather(1, index).view(n_models, n_layers, q, dim, dim).prod(2)
             partial = [const["embed_phase"].unsqueeze(-1) * bt_mats[:, 0]]  # F_l^T = diag(phase) M_1^T ... M_l^T
             for layer in range(1, n_layers):
                 partial.append(torch.bmm(partial[-1], bt_mats[:, layer]))
+            unitary_t = torch.view_as_real(partial[-1]).view(n_models, dim, 2 * dim)
+            if inverse is not None:
+                unitary_t = unitary_t[inverse]
             cs = torch.cos(x.unsqueeze(-1) * 0.5 - const["half_pi"])  # [C, B, Q, 2]: cos(x/2), sin(x/2)
             index = self._dense.layout(batch, weights.device)["embed"].expand(n_clients, -1)
             amplitudes = cs.view(n_clients, -1).gather(1, index).view(n_clients, batch, dim, q).prod(-1)
-            psi = torch.bmm(amplitudes, torch.view_as_real(partial[-1]).view(n_clients, dim, 2 * dim))
+            psi = torch.bmm(amplitudes, unitary_t)
             z = rowwise_matmul(psi * psi, const["signs2"])
         return z, UnitarySaved(weights.shape, angles, cos, rot, bt_mats, partial, amplitudes, psi)
 
