@@ -18,6 +18,7 @@ stepping SB3's ``VecEnv`` interface.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
@@ -224,12 +225,6 @@ class QFLVectorEnv(VectorEnv):
             env.close()
 
 
-def vector_entry_point(entry_point: str) -> Any:
-    """The ``vector_entry_point`` of a registered id whose single-env entry point is ``entry_point``."""
-
-    def make(num_envs: int, **kwargs: Any) -> QFLVectorEnv:
-        return QFLVectorEnv(entry_point, num_envs, **kwargs)
-
-    make.__name__ = make.__qualname__ = f"QFLVectorEnv[{entry_point}]"
-    return make
-
+def vector_entry_point(entry_point: str) -> functools.partial[QFLVectorEnv]:
+    """The ``vector_entry_point`` of a registered id whose single-env entry point is ``entry_point`` (picklable)."""
+    return functools.partial(QFLVectorEnv, entry_point)
