@@ -41,7 +41,9 @@ from qflgym.runs import write_run_record
 #: oracle's settings. A grid maps keyword -> candidate values (the product is searched on training seeds).
 #: The oracle is the rollout algorithm over the tuned informed heuristic named ``base``: its candidates are the
 #: tuned informed heuristics' decisions plus ``candidates`` random ones, each scored by the exact objective of
-#: "this decision, then ``base`` until the episode ends".
+#: "this decision, then ``base`` until the episode ends" (``proposals``: the labels of the tuned heuristics that
+#: propose candidates, default all; each candidate costs a rollout to the end, so the oracle's time grows with
+#: candidates x rounds^2).
 SUITE: dict[str, dict[str, Any]] = {
     "QFL/ClientSelection-v1": {
         "naive": ("random-k (tuned k)", "random-k", {"k": [1, 2, 3, 4, 6]}),
@@ -51,10 +53,10 @@ SUITE: dict[str, dict[str, Any]] = {
             (
                 "cost-aware",
                 "cost-aware",
-                {"k": [3, 6], "time_weight": [0.3, 1.0, 3.0], "shot_weight": [0.3, 1.0, 3.0]},
+                {"k": [3, 6], "time_weight": [0.3, 1.0, 3.0], "shot_weight": [0.3, 1.0]},
             ),
         ],
-        "oracle": {"candidates": 2, "base": "cost-aware"},
+        "oracle": {"candidates": 1, "base": "cost-aware", "proposals": ["cost-aware", "label-complement"]},
     },
     "QFL/StepSize-v1": {
         "naive": (
@@ -69,7 +71,7 @@ SUITE: dict[str, dict[str, Any]] = {
                 {"start": [1.0, 3.0, 10.0], "local_steps": [1, 2, 4], "decay": [0.5, 0.8]},
             ),
         ],
-        "oracle": {"candidates": 2, "base": "loss-reactive"},
+        "oracle": {"candidates": 1, "base": "loss-reactive"},
     },
     "QFL/RoundTermination-v1": {
         "naive": ("fixed stopping round (tuned)", "fixed-round", {"rounds": [10, 20, 30, 40, 60, 80, 100, 150]}),
@@ -104,7 +106,7 @@ SUITE: dict[str, dict[str, Any]] = {
                 },
             ),
         ],
-        "oracle": {"candidates": 2, "base": "cost-aware + marginal-value"},
+        "oracle": {"candidates": 1, "base": "cost-aware + marginal-value"},
     },
 }
 
@@ -112,7 +114,7 @@ QUICK_SUITE: dict[str, dict[str, Any]] = {
     "QFL/ClientSelection-Tiny-v1": {
         "naive": ("random-k (tuned k)", "random-k", {"k": [1, 2]}),
         "informed": [("cost-aware", "cost-aware", {"k": [2, 3]})],
-        "oracle": {"candidates": 2, "base": "cost-aware"},
+        "oracle": {"candidates": 1, "base": "cost-aware"},
     },
 }
 
@@ -168,12 +170,21 @@ def _oracle_kwargs(oracle: dict[str, Any], informed: list[tuple[str, str, dict[s
         "score": "objective",
         "rollout": base[0],
         "rollout_kwargs": base[1],
-        "proposals": [list(p) for p in tuned.values()],
+        "proposals": [list(tuned[label]) for label in oracle.get("proposals", tuned)],
     }
 
 
-def measure(suite: dict[str, dict[str, Any]], train_seeds: list[int], eval_seeds: list[int], workers: int) -> dict:
-    """Tune, evaluate and compare every preset of ``suite`` (see the module docstring)."""
+def measure(
+    suite: dict[str, dict[str, Any]],
+    train_seeds: list[int],
+    eval_seeds: list[int],
+    workers: int,
+    json_path: Path | None = None,
+) -> dict:
+    """Tune, evaluate and compare every preset of ``suite`` (see the module docstring).
+
+    With ``json_path`` the results so far are written there after every preset.
+    """
     import gymnasium as gym
 
     import qflgym.envs  # noqa: F401
@@ -216,6 +227,9 @@ def measure(suite: dict[str, dict[str, Any]], train_seeds: list[int], eval_seeds
                 role = "naive" if label == naive_label else "oracle" if name == "lookahead" else label
                 savings.setdefault(role, []).append((reference - per_seed[label]) / reference)
             result["presets"][env_id] = {"objective": objective, "reference": naive_label, "controllers": controllers}
+            if json_path is not None:  # after every preset, so a long run keeps what it measured
+                json_path.write_text(json.dumps(result, indent=1))
+            print_tables({"presets": {env_id: result["presets"][env_id]}}, Console())
     shared = {role: np.stack(v, axis=1) for role, v in savings.items() if len(v) == len(suite)}
     agg = aggregate(shared, reference="naive") if len(shared) > 1 else {}
     result["aggregates"] = {
@@ -245,8 +259,10 @@ def print_tables(result: dict, console: Console) -> None:
         for col in ("role", "IQM", "optimality gap", "P(improve over naive)"):
             table.add_column(col)
         for role, m in result["aggregates"].items():
-            cells = [f"{_num(v[0])} [{_num(v[1])}, {_num(v[2])}]" if v else "n/a" for v in
-                     (m.get("iqm"), m.get("optimality_gap"), m.get("probability_of_improvement"))]
+            cells = [
+                f"{_num(v[0])} [{_num(v[1])}, {_num(v[2])}]" if v else "n/a"
+                for v in (m.get("iqm"), m.get("optimality_gap"), m.get("probability_of_improvement"))
+            ]
             table.add_row(role, *cells)
         console.print(table)
 
@@ -275,15 +291,16 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--presets: unknown {unknown}; allowed: {', '.join(suite)}")
         suite = {k: v for k, v in suite.items() if k in args.presets}
     n_train, n_eval = (3, 4) if args.quick else (args.train_seeds, args.eval_seeds)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_run_record(args.json.parent, {"args": vars(args) | {"json": str(args.json)}}, sys.argv)
     started = time.perf_counter()
-    result = measure(suite, list(range(n_train)), list(range(10_000, 10_000 + n_eval)), args.workers)
+    result = measure(suite, list(range(n_train)), list(range(10_000, 10_000 + n_eval)), args.workers, args.json)
     result["wall_time_s"] = time.perf_counter() - started
     print_tables(result, Console())
     print(f"wall time {result['wall_time_s']:.0f} s on {args.workers} workers")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
-        write_run_record(args.json.parent, {"args": vars(args) | {"json": str(args.json)}}, sys.argv)
     return 0
 
 

@@ -83,6 +83,7 @@ def test_summary_mean_and_ci():
             **{
                 k: float(r)
                 for k in (
+                    "objective",
                     "return",
                     "final_accuracy",
                     "best_accuracy",
@@ -168,6 +169,7 @@ def test_paired_rounds_reduction_against_the_baseline():
             **{
                 k: 1.0
                 for k in (
+                    "objective",
                     "return",
                     "final_accuracy",
                     "best_accuracy",
@@ -205,3 +207,36 @@ def test_a_refused_ray_cluster_is_one_line_naming_the_token_fix(tmp_path, monkey
     assert "RAY_AUTH_MODE" in err and "ray get-auth-token" in err and "Traceback" not in err
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     assert record["executor"] == {"kind": "ray", "ray_address": "10.0.0.1:6379"}
+
+
+def test_summary_pairs_the_objective_with_the_baseline_and_prints_na_for_one_episode():
+    rows = [
+        {
+            "env": "e",
+            "controller": name,
+            "seed": seed,
+            "episode": 0,
+            "reached": 1.0,
+            "rounds_to_target": 5.0,
+            "budget": 10,
+            "objective": value,
+            **{
+                k: 1.0
+                for k in (
+                    "return",
+                    "final_accuracy",
+                    "best_accuracy",
+                    "bytes_to_target",
+                    "wall_time_to_target",
+                    "shots_to_target",
+                )
+            },
+        }
+        for name, values in (("base", (10.0, 20.0, 40.0)), ("new", (5.0, 10.0, 30.0)))
+        for seed, value in enumerate(values)
+    ]
+    summary = summarize(rows, baseline="base").set_index("controller")
+    assert summary.loc["new", "objective_saving"] == pytest.approx(np.mean([0.5, 0.5, 0.25]))
+    assert summary.loc["new", "objective_saving_low"] <= summary.loc["new", "objective_saving"]
+    single = summarize(rows[:1]).iloc[0]
+    assert np.isnan(single["objective_ci95"])  # one episode: no interval, printed as n/a

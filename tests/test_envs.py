@@ -46,7 +46,7 @@ def _rollout(env: gym.Env, seed: int, n_steps: int) -> list[tuple]:
 
 # ---------------------------------------------------------------------------------------------- registration
 def test_importing_registers_every_id_with_a_string_entry_point_and_its_presets():
-    assert len(ENV_IDS) == 12
+    assert len(ENV_IDS) == 25  # 4 families x (default, Hard, Tiny) x (v0, v1), and ClientSelection-Large-v1
     modules = {"ClientSelection": "client_selection", "StepSize": "step_size"}
     modules |= {"RoundTermination": "round_termination", "FullControl": "full_control"}
     for base, module in modules.items():
@@ -55,6 +55,9 @@ def test_importing_registers_every_id_with_a_string_entry_point_and_its_presets(
             assert spec.entry_point == f"qflgym.envs.{module}:{base}Env"
             assert spec.kwargs == {"presets": presets}
             assert spec.max_episode_steps is None  # the env truncates at its config's budget
+            v1 = gym.spec(f"QFL/{base}{variant}-v1")
+            assert v1.entry_point == spec.entry_point
+            assert v1.kwargs["presets"][:2] == ("v1", f"{module}_v1")
     qenvs.register_envs()  # idempotent
 
 
@@ -99,10 +102,11 @@ def test_gymnasium_and_sb3_check_env(env_id):
     from gymnasium.utils.env_checker import check_env as gym_check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
+    env, wrapped = gym.make(env_id), gym.make(env_id)  # (making a v0 id warns that v1 exists)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        gym_check_env(gym.make(env_id).unwrapped)
-        sb3_check_env(gym.make(env_id), warn=True)
+        gym_check_env(env.unwrapped)
+        sb3_check_env(wrapped, warn=True)
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)

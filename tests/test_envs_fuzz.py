@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 from qflgym.envs import ENV_IDS
 
 TINY_IDS = [i for i in ENV_IDS if "-Tiny-" in i]
-EXAMPLES = 25  # x 10..30 actions x 4 envs ~ 2000 actions
+EXAMPLES = 25  # x 10..30 actions x 8 envs ~ 4000 actions
 N = 4
 
 _extreme = st.sampled_from([-1.0, 1.0, 0.0, -0.0, 1e-38, -1e-38, 0.999999, -0.999999])
@@ -23,6 +23,10 @@ _ENVS: dict[str, gym.Env] = {}
 
 
 def _actions(env_id: str) -> st.SearchStrategy:
+    space = _env(env_id).action_space
+    if "ClientSelection" in env_id and isinstance(space, gym.spaces.Box):  # v1: top-k scores
+        n = space.shape[0]
+        return st.lists(_unit, min_size=n, max_size=n).map(lambda a: np.array(a, dtype=np.float32))
     if "ClientSelection" in env_id:
         one = st.lists(st.integers(0, 1), min_size=N, max_size=N) | st.sampled_from([[0] * N, [1] * N])
         return one.map(lambda a: np.array(a, dtype=np.int8))
@@ -30,7 +34,7 @@ def _actions(env_id: str) -> st.SearchStrategy:
         return st.tuples(_unit, _unit).map(lambda a: np.array(a, dtype=np.float32))
     if "RoundTermination" in env_id:
         return st.integers(0, 1) | st.just(0)
-    nvec = gym.spec(env_id).make().action_space.nvec
+    nvec = space.nvec
     return st.tuples(*[st.integers(0, int(n) - 1) for n in nvec]).map(lambda a: np.array(a, dtype=np.int64))
 
 

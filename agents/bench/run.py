@@ -35,6 +35,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "env_id",
     "seed",
     "episode",
+    "objective",
     "return",
     "rounds",
     "budget",

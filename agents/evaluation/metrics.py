@@ -46,6 +46,7 @@ def episode_metrics(episode: Episode, target: float | None) -> dict[str, float]:
     accs = np.array([r["accuracy"] for r in trace[1:]] or [trace[0]["accuracy"]], dtype=float)
     last = trace[-1]
     row: dict[str, float] = {
+        "objective": episode.objective,
         "return": episode.total_return,
         "rounds": episode.rounds,
         "terminated": float(episode.terminated),
