@@ -78,8 +78,6 @@ class QuantumAdapter:
             FileNotFoundError: ``path`` holds no saved quantum adapter.
             ValueError: It was saved by another adapter, or its tensors do not fit the model.
         """
-        import torch
-
         from qflgym.agents.llm.adapters import AdapterConfig
         from qflgym.agents.llm.quantum.targets import load_state, read_meta
 
@@ -101,10 +99,9 @@ class QuantumAdapter:
             missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
             raise ValueError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
         model.load_state_dict(state, strict=False)
-        for tensor in self._state(model).values():
-            if isinstance(tensor, torch.nn.Parameter):
-                tensor.requires_grad_(trainable)
-        if not trainable:
+        if not trainable:  # attach froze the base model: the adapter's parameters are the ones left trainable
+            for p in model.parameters():
+                p.requires_grad_(False)
             model.eval()
         return model
 

@@ -22,6 +22,7 @@ __all__ = [
     "basis_bits",
     "entangler_permutation",
     "expval_z",
+    "kron",
     "probabilities",
     "ry_matrices",
     "ry_rz_matrices",
@@ -52,8 +53,20 @@ def ry_rz_matrices(theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
     return ry * torch.stack([phase, phase.conj()], -1).unsqueeze(-1)
 
 
+def kron(gates: torch.Tensor) -> torch.Tensor:
+    """``gates[0] ⊗ gates[1] ⊗ …`` of ``(k, 2, 2)`` matrices: ``(2**k, 2**k)`` (wire 0 the most significant)."""
+    out = gates[0]
+    for gate in gates[1:]:
+        out = torch.kron(out, gate)
+    return out
+
+
 def apply_layer(state: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
     """Apply one single-qubit gate to every wire: ``gates[k]`` (a 2×2 matrix) acts on wire ``k``.
+
+    The layer is the Kronecker product of its gates; it is applied as ``K_high · S · K_lowᵀ`` with ``S`` the state
+    viewed as a ``2**h × 2**(n-h)`` matrix (``h = n // 2``): two small matrix products per state instead of ``n``
+    strided passes.
 
     Args:
         state: ``(batch, 2**n)``.
@@ -62,12 +75,13 @@ def apply_layer(state: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
     batch, dim = state.shape
     n = gates.shape[0]
     dtype = torch.promote_types(state.dtype, gates.dtype)
-    state = state.to(dtype)
-    gates = gates.to(dtype)
-    for k in range(n):
-        view = state.reshape(batch, 2**k, 2, dim >> (k + 1))
-        state = torch.einsum("ij,bajc->baic", gates[k], view).reshape(batch, dim)
-    return state
+    state, gates = state.to(dtype), gates.to(dtype)
+    high = n // 2
+    view = state.reshape(batch, 2**high, 2 ** (n - high))
+    if high:
+        view = torch.matmul(kron(gates[:high]), view)
+    view = torch.matmul(view, kron(gates[high:]).T)
+    return view.reshape(batch, dim)
 
 
 @cache

@@ -56,11 +56,10 @@ class QAALinear(nn.Module):
         nn.init.zeros_(self.projection.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``base(x) + scale·projection(circuit(x))`` over the last dimension of ``x``."""
+        """``base(x) + scale·projection(circuit(x))`` over the last dimension of ``x`` (circuit in float32)."""
         out = self.base(x)
-        flat = x.reshape(-1, x.shape[-1]).to(self.angles.dtype)
-        readout = self.circuit(flat, self.angles)
-        update = self.projection(readout).reshape(*x.shape[:-1], -1)
+        readout = self.circuit(x.reshape(-1, x.shape[-1]).float(), self.angles.float())
+        update = nn.functional.linear(readout, self.projection.weight.float()).reshape(*x.shape[:-1], -1)
         return out + (self.scale * update).to(out.dtype)
 
 
