@@ -20,7 +20,7 @@ import torch
 from qflgym.agents.llm.quantum.kernel import (
     ENTANGLERS,
     apply_layer,
-    entangler_permutation,
+    entangle,
     expval_z,
     probabilities,
     ry_matrices,
@@ -77,10 +77,9 @@ class GeneratorCircuit:
     def __call__(self, weights: torch.Tensor) -> torch.Tensor:
         """Basis probabilities ``(2**n_qubits,)`` from angles of :attr:`shape` (torch kernel, real arithmetic)."""
         state = zero_state(self.n_qubits, 1, weights.dtype)
-        perm = entangler_permutation(self.n_qubits, "chain")
         gates = ry_matrices(weights)
         for layer in range(self.depth):
-            state = apply_layer(state, gates[layer])[:, perm]
+            state = entangle(apply_layer(state, gates[layer]), self.n_qubits, "chain")
         return probabilities(state)[0]
 
 
@@ -145,9 +144,8 @@ class EmbeddingCircuit:
     def __call__(self, inputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Read-outs ``(batch, n_outputs)`` of ``(batch, d)`` real inputs (torch kernel, complex arithmetic)."""
         state = self.embed(inputs)
-        perm = entangler_permutation(self.n_qubits, self.entangler)
         gates = ry_rz_matrices(weights[..., 0], weights[..., 1])
         for layer in range(self.depth):
-            state = apply_layer(state, gates[layer])[:, perm]
+            state = entangle(apply_layer(state, gates[layer]), self.n_qubits, self.entangler)
         probs = probabilities(state)
         return probs if self.readout == "probs" else expval_z(probs)

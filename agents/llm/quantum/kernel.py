@@ -13,6 +13,7 @@ generator) run in real arithmetic; RZ makes states complex (QAA).
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 import torch
 
@@ -20,6 +21,7 @@ __all__ = [
     "ENTANGLERS",
     "apply_layer",
     "basis_bits",
+    "entangle",
     "entangler_permutation",
     "expval_z",
     "kron",
@@ -102,6 +104,31 @@ def entangler_permutation(n_qubits: int, kind: str) -> torch.Tensor:
         image = torch.where(image & c_bit != 0, image ^ t_bit, image)
     # basis state b goes to image[b]: the new amplitude at image[b] is the old one at b
     return torch.argsort(image)
+
+
+class _Permute(torch.autograd.Function):
+    """``state[:, perm]`` whose backward is the inverse gather (not the scatter autograd would use)."""
+
+    @staticmethod
+    def forward(ctx: Any, state: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return state[:, perm]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (inverse,) = ctx.saved_tensors
+        return grad[:, inverse], None, None
+
+
+def entangle(state: torch.Tensor, n_qubits: int, kind: str) -> torch.Tensor:
+    """``state`` after the entangler ``kind`` (a permutation of the basis states)."""
+    perm = entangler_permutation(n_qubits, kind)
+    return _Permute.apply(state, perm, _inverse(n_qubits, kind))
+
+
+@cache
+def _inverse(n_qubits: int, kind: str) -> torch.Tensor:
+    return torch.argsort(entangler_permutation(n_qubits, kind))
 
 
 @cache
