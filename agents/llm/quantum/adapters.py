@@ -53,13 +53,14 @@ class QuantumAdapter:
     def attach(self, model: Any, config: AdapterConfig, target_modules: tuple[str, ...] = ()) -> Any:
         """Freeze ``model`` and add fresh adapter layers on the targets (in place; returns ``model``)."""
         targets = list(config.target_modules or target_modules or DEFAULT_TARGETS)
-        model = self._attach(model, targets, config, self.options(config.extra))
-        model._qflgym_quantum = {
+        options = self.options(config.extra)
+        model = self._attach(model, targets, config, options)
+        model._qflgym_quantum = {  # what save() records next to the tensors
             "adapter": self.name,
             "r": config.r,
             "alpha": config.alpha,
             "dropout": config.dropout,
-            "options": self.options(config.extra).to_dict(),
+            "options": options.to_dict(),
         }
         return model
 
