@@ -76,7 +76,7 @@ class GeneratorCircuit:
 
     def __call__(self, weights: torch.Tensor) -> torch.Tensor:
         """Basis probabilities ``(2**n_qubits,)`` from angles of :attr:`shape` (torch kernel, real arithmetic)."""
-        state = zero_state(self.n_qubits, 1, weights.dtype)
+        state = zero_state(self.n_qubits, 1, weights.dtype, weights.device)
         gates = ry_matrices(weights)
         for layer in range(self.depth):
             state = entangle(apply_layer(state, gates[layer]), self.n_qubits, "chain")

@@ -35,9 +35,11 @@ __all__ = [
 ENTANGLERS = ("chain", "ring")
 
 
-def zero_state(n_qubits: int, batch: int = 1, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def zero_state(
+    n_qubits: int, batch: int = 1, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+) -> torch.Tensor:
     """``|0…0⟩`` repeated ``batch`` times, shape ``(batch, 2**n_qubits)``."""
-    state = torch.zeros(batch, 2**n_qubits, dtype=dtype)
+    state = torch.zeros(batch, 2**n_qubits, dtype=dtype, device=device)
     state[:, 0] = 1
     return state
 
@@ -147,5 +149,5 @@ def probabilities(state: torch.Tensor) -> torch.Tensor:
 def expval_z(probs: torch.Tensor) -> torch.Tensor:
     """``⟨Z_k⟩`` of every wire from the basis probabilities: ``(batch, n)``."""
     n = probs.shape[-1].bit_length() - 1
-    signs = (1 - 2 * basis_bits(n)).to(probs.dtype)
+    signs = (1 - 2 * basis_bits(n)).to(probs.device, probs.dtype)
     return probs @ signs
