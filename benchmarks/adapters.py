@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def sft_config(args: argparse.Namespace, variant: str):
-    from qflgym.agents.llm.sft_config import LLMSFTConfig
+    from qflgym.agents.llm.train.sft_config import LLMSFTConfig
 
     adapter, options, targets = VARIANTS[variant]
     if variant == "qaa":
@@ -110,7 +110,7 @@ def sft_config(args: argparse.Namespace, variant: str):
 def run_one(args: argparse.Namespace) -> dict:
     """Train and evaluate one variant in this process."""
     from qflgym.agents.llm.adapters import resolve_adapter
-    from qflgym.agents.llm.sft_trainer import LLMSFTTrainer
+    from qflgym.agents.llm.train.sft_trainer import LLMSFTTrainer
 
     cfg = sft_config(args, args.one)
     model, _ = cfg.fresh_model(resolve_adapter(cfg.adapter, verbose=False))

@@ -14,13 +14,13 @@ import torch
 
 from qflgym.agents.llm.adapters import ADAPTERS, AdapterConfig, attach_adapter
 from qflgym.agents.llm.codec import TextCodec
-from qflgym.agents.llm.common import make_env
 from qflgym.agents.llm.models import load_model
 from qflgym.agents.llm.policy import load_policy, save_policy
 from qflgym.agents.llm.quantum.circuits import EmbeddingCircuit, GeneratorCircuit
 from qflgym.agents.llm.quantum.qpa import BANK_NAME, LoRALinear, QPALinear, materialize_qpa
-from qflgym.agents.llm.sft_config import LLMSFTConfig
-from qflgym.qfl_core.config import ConfigError
+from qflgym.agents.llm.train.sft_config import LLMSFTConfig
+from qflgym.agents.runtime import make_env
+from qflgym.config import ConfigError
 
 QPA_SMALL = {"chunk": 256, "depth": 3, "widths": [16, 16]}
 

@@ -9,7 +9,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from qflgym.qfl_core.config import ConfigError
+from qflgym.config import ConfigError
 
 __all__ = ["ACTIVATIONS", "PAPER_WIDTHS", "QAAOptions", "QPAOptions"]
 

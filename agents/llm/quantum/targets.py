@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qflgym.qfl_core.config import ConfigError
+from qflgym.config import ConfigError
 
 __all__ = ["META_FILE", "WEIGHTS_FILE", "find_targets", "load_state", "read_meta", "replace_module", "save_state"]
 
