@@ -27,7 +27,7 @@ def full_env():
 
 def test_registries_list_models_and_adapters():
     assert {"gemma3-270m", "tiny"} <= set(MODELS.names())
-    assert {"lora", "qlora"} <= set(ADAPTERS.names())
+    assert {"lora", "qlora", "qpa", "qaa"} <= set(ADAPTERS.names())
     with pytest.raises(KeyError, match="allowed: gemma3-270m, tiny"):
         load_model("no-such-model")
 
@@ -55,7 +55,7 @@ def test_qlora_is_never_chosen_silently():
         resolve_adapter("qlora")
     assert resolve_adapter("auto", verbose=False).name == "lora"
     with pytest.raises(KeyError, match="allowed"):
-        resolve_adapter("qpa")
+        resolve_adapter("no-such-adapter")
 
 
 def test_adapter_save_load_identical_outputs(tmp_path, full_env):

@@ -37,6 +37,9 @@ class LLMGRPOConfig(LLMRunMixin):
     lora_alpha: int = field(default=16, metadata=_help("LoRA alpha (fresh adapter)"))
     lora_dropout: float = field(default=0.0, metadata=_help("LoRA dropout (fresh adapter)"))
     target_modules: list[str] | None = field(default=None, metadata=_help("modules to adapt (default q/k/v/o)"))
+    adapter_options: dict[str, Any] = field(
+        default_factory=dict, metadata=_help("adapter options, e.g. qpa: {chunk: 1024, depth: 8} (inline YAML)")
+    )
     state_policy: str = field(
         default="loss-greedy",
         metadata=_help("who visits the prompt states: a controller name, an SB3 model path, or 'self' (the policy)"),

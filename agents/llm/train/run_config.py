@@ -14,7 +14,7 @@ class LLMRunMixin:
     """Methods of the LLM run configs built from their common fields.
 
     The dataclass using it declares ``model, model_seed, adapter, lora_r, lora_alpha, lora_dropout, target_modules,
-    decimals, lr_digits, format_hint, client_scale, dtype, logging_steps, seed, progress``.
+    adapter_options, decimals, lr_digits, format_hint, client_scale, dtype, logging_steps, seed, progress``.
     """
 
     model: str
@@ -24,6 +24,7 @@ class LLMRunMixin:
     lora_alpha: int
     lora_dropout: float
     target_modules: list[str] | None
+    adapter_options: dict[str, Any]
     decimals: int
     lr_digits: int | None
     format_hint: bool
@@ -41,6 +42,7 @@ class LLMRunMixin:
             alpha=self.lora_alpha,
             dropout=self.lora_dropout,
             target_modules=self.target_modules,
+            extra=dict(self.adapter_options),
         )
 
     def torch_dtype(self) -> Any:

@@ -44,6 +44,9 @@ class LLMSFTConfig(LLMRunMixin):
     lora_alpha: int = field(default=16, metadata=_help("LoRA alpha"))
     lora_dropout: float = field(default=0.05, metadata=_help("LoRA dropout"))
     target_modules: list[str] | None = field(default=None, metadata=_help("modules to adapt (default q/k/v/o)"))
+    adapter_options: dict[str, Any] = field(
+        default_factory=dict, metadata=_help("adapter options, e.g. qpa: {chunk: 1024, depth: 8} (inline YAML)")
+    )
     max_steps: int = field(default=200, metadata=_help("optimizer steps (-1: use epochs)"))
     epochs: float = field(default=1.0, metadata=_help("epochs over the recorded pairs when max_steps is -1"))
     batch_size: int = field(default=8, metadata=_help("pairs per device batch"))
