@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qflgym.agents.benchmark import BenchOutput, BenchSuite, run_suite
-from qflgym.agents.sb3_training import EVAL_SEED_OFFSET, TrainResult, train
-from qflgym.qfl_core.config import build_config
+from qflgym.agents.bench import BenchOutput, BenchSuite, run_suite
+from qflgym.agents.training.sb3 import EVAL_SEED_OFFSET, TrainResult, train
+from qflgym.config import build_config
 
 __all__ = ["DEMO_ENV", "DEMO_EVAL_SEEDS_START", "DEMO_HEURISTICS", "DemoResult", "run_demo"]
 

@@ -1,19 +1,22 @@
-"""Thread limits for training and evaluation processes.
+"""How agents run qflgym envs: building them by id (:func:`make_env`, :func:`make_vec_env`) and thread limits.
 
 The simulator evaluates small circuits (a few qubits, a few clients) and SB3 trains small MLPs: with more than
 one torch/BLAS thread per process, the threads mostly wait on each other, and on a busy machine they slow a
-round down by an order of magnitude (measured: ~125 ms instead of ~3 ms per env step with torch's default
-threads while other jobs ran). Every long job therefore runs with one thread per process and parallelizes
-across processes instead (vectorized envs, Ray tasks).
+round down (``benchmarks/env_speed.py`` and ``benchmarks/train_speed.py`` measure it on yours). Every long job
+therefore runs with one thread per process and parallelizes across processes instead (vectorized envs, Ray
+tasks).
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["limited_threads", "make_thread_limited_env"]
+from qflgym.config import ConfigError
+
+__all__ = ["check_env_id", "limited_threads", "make_env", "make_thread_limited_env", "make_vec_env"]
 
 
 @contextmanager
@@ -52,6 +55,60 @@ def make_thread_limited_env(
 
         torch.set_num_threads(threads)
         threadpool_limits(limits=threads, user_api="blas")
-    from qflgym.agents.sb3_training import make_env
-
     return make_env(env_id, env_config, **kwargs)
+
+
+def make_env(env_id: str, env_config: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """``gym.make`` a qflgym env (registering the suite first), with ``config=`` overrides when given.
+
+    Raises:
+        gymnasium.error.Error: Unknown env id (Gymnasium's message suggests close names).
+    """
+    import gymnasium as gym
+
+    import qflgym.envs  # noqa: F401 -- registers the QFL/ ids
+
+    if env_config:
+        kwargs["config"] = dict(env_config)
+    return gym.make(env_id, **kwargs)
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise a ``ConfigError`` naming the closest and all registered QFL ids when ``env_id`` is not registered."""
+    import gymnasium as gym
+
+    import qflgym.envs  # noqa: F401
+
+    if env_id not in gym.registry:
+        qfl = sorted(k for k in gym.registry if k.startswith("QFL/"))
+        close = difflib.get_close_matches(env_id, qfl, n=3, cutoff=0.8)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise ConfigError(f"unknown env id {env_id!r}{hint}; registered qflgym envs: {', '.join(qfl)}")
+
+
+def make_vec_env(
+    env_id: str,
+    n_envs: int,
+    seed: int,
+    env_config: dict[str, Any] | None = None,
+    vec_env: str = "dummy",
+    threads: int | None = 1,
+) -> Any:
+    """SB3's ``make_vec_env`` for a qflgym id: ``n_envs`` Monitor-wrapped envs seeded ``seed + i``.
+
+    With ``vec_env="subproc"`` every worker process limits itself to ``threads`` torch/BLAS threads.
+    """
+    from functools import partial
+
+    from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    subproc = vec_env == "subproc"
+    factory = partial(make_thread_limited_env, env_id, dict(env_config or {}), threads if subproc else None)
+    return sb3_make_vec_env(
+        factory,
+        n_envs=n_envs,
+        seed=seed,
+        env_kwargs={"render_mode": None},
+        vec_env_cls=SubprocVecEnv if subproc else DummyVecEnv,
+    )

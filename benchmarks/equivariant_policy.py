@@ -31,8 +31,8 @@ import numpy as np
 import qflgym.envs  # noqa: F401
 from qflgym.agents.controllers import make_controller
 from qflgym.agents.evaluation import evaluate
-from qflgym.agents.sb3_controller import SB3Controller
-from qflgym.agents.sb3_training import train
+from qflgym.agents.controllers.sb3 import SB3Controller
+from qflgym.agents.training.sb3 import train
 
 ENV_ID = "QFL/ClientSelection-v0"
 EVAL_SEED_BASE = 50_000

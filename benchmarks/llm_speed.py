@@ -51,9 +51,9 @@ def measure_latency(args: argparse.Namespace, results: dict) -> None:
     import torch
 
     from qflgym.agents.llm.codec import CodecConfig, TextCodec
-    from qflgym.agents.llm.common import make_env
     from qflgym.agents.llm.models import gemma_checkpoint_dir, load_model
     from qflgym.agents.llm.policy import LLMPolicy, load_policy
+    from qflgym.agents.runtime import make_env
 
     env = make_env(args.env)
     dtype = getattr(torch, args.dtype)
@@ -124,8 +124,8 @@ def _run_settings(args: argparse.Namespace, out: Path, name: str) -> dict:
 
 
 def measure_sft(args: argparse.Namespace, results: dict, out: Path) -> None:
-    from qflgym.agents.llm.sft_config import LLMSFTConfig
-    from qflgym.agents.llm.sft_trainer import LLMSFTTrainer
+    from qflgym.agents.llm.train.sft_config import LLMSFTConfig
+    from qflgym.agents.llm.train.sft_trainer import LLMSFTTrainer
 
     cfg = LLMSFTConfig(teacher="loss-greedy", batch_size=4, **_run_settings(args, out, "sft"))
     result = LLMSFTTrainer(cfg, argv=sys.argv).train()
@@ -135,8 +135,8 @@ def measure_sft(args: argparse.Namespace, results: dict, out: Path) -> None:
 
 
 def measure_grpo(args: argparse.Namespace, results: dict, out: Path) -> None:
-    from qflgym.agents.llm.grpo_config import LLMGRPOConfig
-    from qflgym.agents.llm.grpo_trainer import LLMGRPOTrainer
+    from qflgym.agents.llm.train.grpo_config import LLMGRPOConfig
+    from qflgym.agents.llm.train.grpo_trainer import LLMGRPOTrainer
 
     cfg = LLMGRPOConfig(
         init_policy=results.get("sft_policy"),

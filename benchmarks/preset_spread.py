@@ -5,10 +5,12 @@ rounds-to-target, final accuracy and costs per rule, plus the best-vs-worst spre
 The acceptance check of the suite: on ``QFL/ClientSelection-v0`` the best and the worst rule must differ by at
 least 20% (``(worst - best) / worst``) in mean rounds-to-target.
 
-Rules:
+Rules are the agents' heuristic controllers (``make_controller("composite", ...)``, one implementation with
+``qflgym.envs.rules``):
 
-* selection: ``random_k`` (k = ``clients_per_round``), ``all`` clients, ``loss_greedy`` (k highest last loss);
-* step size: ``fixed`` lr (the base lr), ``decayed`` lr (``2 x base x 0.95^t``), ``high`` lr (``5 x base``);
+* selection: ``random-k`` (k = ``clients_per_round``), ``all-clients``, ``loss-greedy`` (k highest last loss);
+* step size: ``fixed`` lr (``constant-lr``, the base lr), ``decayed`` lr (``step-decay`` from 2 x base by 0.95
+  every round), ``high`` lr (``constant-lr`` at 5 x base);
 * termination: ``never`` stop, ``patience`` stop (10 rounds without a new best validation accuracy).
 
 Rounds-to-target is the first round whose validation accuracy reaches the env's ``target_accuracy`` (for
@@ -38,63 +40,55 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import qflgym.envs  # noqa: F401  (registers the ids)
-from qflgym.envs import ControlDecision
-from qflgym.envs.rules import SELECTION_RULES
+from qflgym.agents.controllers import Controller, make_controller
 
 REFERENCE_TARGET = 0.75
 
 #: Rules per env: name -> (selection, lr schedule, termination).
 RULES: dict[str, dict[str, tuple[str, str, str]]] = {
     "ClientSelection": {
-        "random_k": ("random_k", "fixed", "never"),
-        "all": ("all", "fixed", "never"),
-        "loss_greedy": ("loss_greedy", "fixed", "never"),
+        "random-k": ("random-k", "fixed", "never"),
+        "all-clients": ("all-clients", "fixed", "never"),
+        "loss-greedy": ("loss-greedy", "fixed", "never"),
     },
     "StepSize": {
-        "fixed_lr": ("random_k", "fixed", "never"),
-        "decayed_lr": ("random_k", "decayed", "never"),
-        "high_lr": ("random_k", "high", "never"),
+        "fixed-lr": ("random-k", "fixed", "never"),
+        "decayed-lr": ("random-k", "decayed", "never"),
+        "high-lr": ("random-k", "high", "never"),
     },
     "RoundTermination": {
-        "never_stop": ("random_k", "fixed", "never"),
-        "patience_stop": ("random_k", "fixed", "patience"),
+        "never-stop": ("random-k", "fixed", "never"),
+        "patience-stop": ("random-k", "fixed", "patience"),
     },
     "FullControl": {
-        "random_k/fixed/never": ("random_k", "fixed", "never"),
-        "all/fixed/never": ("all", "fixed", "never"),
-        "loss_greedy/decayed/patience": ("loss_greedy", "decayed", "patience"),
-        "all/high/patience": ("all", "high", "patience"),
+        "random-k/fixed/never": ("random-k", "fixed", "never"),
+        "all-clients/fixed/never": ("all-clients", "fixed", "never"),
+        "loss-greedy/decayed/patience": ("loss-greedy", "decayed", "patience"),
+        "all-clients/high/patience": ("all-clients", "high", "patience"),
     },
 }
 
+PATIENCE = 10
 
-class RuleController:
-    """A fixed rule acting through the env's action codec (fields the env does not control are ignored)."""
 
-    def __init__(self, selection: str, lr: str, stop: str, patience: int = 10) -> None:
-        self.selection, self.lr, self.stop, self.patience = selection, lr, stop, patience
-
-    def reset(self, seed: int) -> None:
-        """Start an episode."""
-        self.rng = np.random.default_rng(10_000 + seed)
-        self.t = 0
-        self.best = -1.0
-        self.since_best = 0
-
-    def act(self, env: gym.Env, obs: np.ndarray) -> object:
-        """The action for this round."""
-        u = env.unwrapped
-        acc = u.layout.global_(obs, "val_accuracy")
-        if acc > self.best:
-            self.best, self.since_best = acc, 0
-        else:
-            self.since_best += 1
-        selected = SELECTION_RULES.get(self.selection)(u.client_state, u.config.k, self.rng)
-        base = u.lr_map.base_lr
-        lr = {"fixed": base, "decayed": 2.0 * base * 0.95**self.t, "high": 5.0 * base}[self.lr]
-        stop = self.stop == "patience" and self.since_best >= self.patience
-        self.t += 1
-        return u.action_codec.encode(ControlDecision(selected, lr, u.config.fixed_local_steps, stop))
+def rule_controller(env: gym.Env, selection: str, lr: str, stop: str) -> Controller:
+    """The heuristic controller of one rule (knobs the env does not control are ignored by its codec)."""
+    base = env.unwrapped.lr_map.base_lr
+    step_size = {
+        "fixed": ("constant-lr", {}),
+        "decayed": ("step-decay", {"lr": 2.0 * base, "gamma": 0.95, "every": 1}),
+        "high": ("constant-lr", {"lr": 5.0 * base}),
+    }[lr]
+    termination = {"never": ("never", {}), "patience": ("patience", {"patience": PATIENCE})}[stop]
+    return make_controller(
+        "composite",
+        env,
+        selection=selection,
+        step_size=step_size[0],
+        step_size_kwargs=step_size[1],
+        termination=termination[0],
+        termination_kwargs=termination[1],
+    )
 
 
 @dataclass
@@ -128,16 +122,17 @@ class Result:
         }
 
 
-def run_rule(env: gym.Env, controller: RuleController, seeds: list[int], target: float) -> Result:
-    """Run one episode per seed."""
+def run_rule(env: gym.Env, controller: Controller, seeds: list[int], target: float) -> Result:
+    """Run one episode per seed (the controller's generator reseeded with ``10_000 + seed``)."""
     res = Result()
     budget = env.unwrapped.config.round_budget
     for seed in seeds:
         obs, _ = env.reset(seed=seed)
-        controller.reset(seed)
+        controller.reset(seed=10_000 + seed)
         hit, total, info = None, 0.0, {}
         while True:
-            obs, reward, terminated, truncated, info = env.step(controller.act(env, obs))
+            action, _ = controller.predict(obs)
+            obs, reward, terminated, truncated, info = env.step(action)
             total += reward
             if hit is None and info["val_accuracy"] >= target and not info["stopped"]:
                 hit = info["round"]
@@ -190,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             target = env.unwrapped.config.target_accuracy or REFERENCE_TARGET
             t0 = time.perf_counter()
             summaries = {
-                rule: run_rule(env, RuleController(*spec), seeds, target).summary()
+                rule: run_rule(env, rule_controller(env, *spec), seeds, target).summary()
                 for rule, spec in RULES[name].items()
             }
             results[env_id] = summaries

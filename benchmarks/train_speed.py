@@ -1,6 +1,6 @@
 """PPO training throughput on the default ClientSelection preset (env steps per second of ``learn``).
 
-Runs ``qflgym.agents.sb3_training.train`` -- the code behind ``qflgym train`` -- with the packaged
+Runs ``qflgym.agents.training.sb3.train`` -- the code behind ``qflgym train`` -- with the packaged
 ``configs/agents/ppo.yml`` hyperparameters for a fixed number of steps, with 1 and 2 vectorized envs (the
 2-env case both in-process and with one subprocess per env), no periodic evaluation, checkpoints, TensorBoard
 or progress bar, and reports steps/s and the projected time of 100k steps (target: <= 300 s). The raw env
@@ -22,7 +22,7 @@ import gymnasium as gym
 
 import qflgym.envs  # noqa: F401
 from qflgym.agents.runtime import limited_threads
-from qflgym.agents.sb3_training import train
+from qflgym.agents.training.sb3 import train
 
 ENV_ID = "QFL/ClientSelection-v0"
 TARGET_STEPS, TARGET_SECONDS = 100_000, 300.0

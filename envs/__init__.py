@@ -10,15 +10,15 @@ Importing this package registers every ``QFL/...`` id (see :data:`ENV_IDS`)::
 
 from .actions import ControlDecision
 from .base import QFLEnv
-from .client_selection import ClientSelectionEnv, ClientSelectionHardEnv, ClientSelectionTinyEnv
+from .client_selection import ClientSelectionEnv
 from .config import EnvConfig
-from .full_control import FullControlEnv, FullControlHardEnv, FullControlTinyEnv
+from .full_control import FullControlEnv
 from .observation import CLIENT_FEATURES, GLOBAL_FEATURES, ObservationLayout
-from .registration import ENV_IDS, register_envs
+from .registration import ENV_IDS, REGISTRATIONS, register_envs
 from .rewards import REWARDS, RewardContext, reward_term
-from .round_termination import RoundTerminationEnv, RoundTerminationHardEnv, RoundTerminationTinyEnv
+from .round_termination import RoundTerminationEnv
 from .rules import SELECTION_RULES
-from .step_size import StepSizeEnv, StepSizeHardEnv, StepSizeTinyEnv
+from .step_size import StepSizeEnv
 from .wrappers import DecisionActions
 
 register_envs()
@@ -27,26 +27,19 @@ __all__ = [
     "CLIENT_FEATURES",
     "ENV_IDS",
     "GLOBAL_FEATURES",
+    "REGISTRATIONS",
     "REWARDS",
     "SELECTION_RULES",
     "ClientSelectionEnv",
-    "ClientSelectionHardEnv",
-    "ClientSelectionTinyEnv",
     "ControlDecision",
     "DecisionActions",
     "EnvConfig",
     "FullControlEnv",
-    "FullControlHardEnv",
-    "FullControlTinyEnv",
     "ObservationLayout",
     "QFLEnv",
     "RewardContext",
     "RoundTerminationEnv",
-    "RoundTerminationHardEnv",
-    "RoundTerminationTinyEnv",
     "StepSizeEnv",
-    "StepSizeHardEnv",
-    "StepSizeTinyEnv",
     "register_envs",
     "reward_term",
 ]

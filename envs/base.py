@@ -10,55 +10,44 @@ the federation runs the round, and the observation, reward terms and info are bu
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.envs.registration import EnvSpec
 
+from qflgym.config import ConfigError
 from qflgym.qfl_core.federation import Federation, RoundReport
 
 from .actions import ActionCodec, ControlDecision, LearningRateMap
-from .config import EnvConfig, env_preset, resolve_env_config
-from .observation import CLIENT_FEATURES, LABEL_FEATURES, MAX_LABEL_CLASSES, ObservationLayout
+from .config import EnvConfig, merge_presets, resolve_env_config
+from .objectives import OBJECTIVES, EpisodeOutcome
+from .observation import ObservationLayout, RoundScales, static_client_features
 from .render import RoundRecord, render_ansi, render_rgb_array
 from .rewards import BUILTIN_TERMS, RewardContext, resolve_terms
 from .rules import SELECTION_RULES, ClientState
+from .snapshot import Snapshots
 
-__all__ = ["QFLEnv", "merge_presets"]
+__all__ = ["QFLEnv"]
 
-_C = {name: i for i, name in enumerate(CLIENT_FEATURES)}
-_LAST_LOSS, _ROUNDS_SINCE, _TIMES_SELECTED = (
-    _C["last_loss"],
-    _C["rounds_since_selected"],
-    _C["times_selected"],
-)
-_AVAILABLE, _UPDATE_NORM, _COSINE = _C["available"], _C["last_update_norm"], _C["update_cosine"]
-_STATE_VERSION = 1
-
-
-def merge_presets(config: Mapping[str, Any], *names: str) -> dict[str, Any]:
-    """Deep-merge the env presets ``configs/envs/<name>.yaml`` over ``config``, in order."""
-    from qflgym.qfl_core.config import deep_merge
-
-    merged = dict(config)
-    for name in names:
-        merged = deep_merge(merged, env_preset(name))
-    return merged
-
-
-class QFLEnv(gym.Env, ABC):
+class QFLEnv(Snapshots, gym.Env, ABC):
     """Base class of the QFL envs (not registered itself); see the subclasses for the Markdown docs.
 
     Args:
-        config: Overrides of :meth:`default_config` (nested dicts are deep-merged).
+        config: Overrides of the defaults (nested dicts are deep-merged).
         render_mode: ``None``, ``"ansi"`` or ``"rgb_array"``.
+        presets: Env presets ``configs/envs/<name>.yaml`` deep-merged, in order, over
+            :meth:`default_config` before ``config``: the variants of an env (``("hard",)`` for
+            ``-Hard`` ids) are registration kwargs, ``gym.register(..., kwargs={"presets": ("hard",)})``.
 
     Attributes:
         config: The validated :class:`~qflgym.envs.config.EnvConfig`.
+        presets: The env presets merged over :meth:`default_config`.
         federation: The current episode's :class:`~qflgym.qfl_core.federation.Federation` (``None`` before
             the first ``reset``).
         layout: The :class:`~qflgym.envs.observation.ObservationLayout` of the observations.
@@ -81,7 +70,7 @@ class QFLEnv(gym.Env, ABC):
             "federation_seed": None,
             "round_budget": 60,
             "target_accuracy": 0.75,
-            "selection_rule": "random_k",
+            "selection_rule": "random-k",
             "clients_per_round": None,
             "selection_budget": None,
             "lr_multiplier": 1.0,
@@ -90,22 +79,39 @@ class QFLEnv(gym.Env, ABC):
             "local_steps": None,
             "local_steps_range": [1, 5],
             "observation": "flat",
+            "features": "v0",
+            "objective": "rounds_to_target",
+            "shot_price": 0.0,
+            "cost_scale": 1.0,
+            "cost_budget": None,
+            "cost_weight": 0.0,
             "reward_terms": {},
             "reward_weights": {name: 0.0 for name in BUILTIN_TERMS} | {"accuracy_gain": 1.0},
         }
 
-    def __init__(self, config: Mapping[str, Any] | None = None, render_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Mapping[str, Any] | None = None,
+        render_mode: str | None = None,
+        presets: Sequence[str] = (),
+    ) -> None:
         super().__init__()
+        self._spec: EnvSpec | None = None
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode {render_mode!r} is not supported; allowed: None, "
                 + ", ".join(self.metadata["render_modes"])
             )
         self.render_mode = render_mode
-        self.config: EnvConfig = resolve_env_config(self.default_config(), config, type(self).__name__)
+        what = type(self).__name__
+        self.presets = _preset_names(presets, what)
+        defaults = merge_presets(self.default_config(), *self.presets)
+        self.config: EnvConfig = resolve_env_config(defaults, config, what)
         cfg = self.config
         self.n_clients = cfg.n_clients
-        self.layout = ObservationLayout(self.n_clients)
+        self.layout = ObservationLayout(self.n_clients, cfg.features)
+        self._objective = OBJECTIVES.get(cfg.objective)
+        self._cost_reference = cfg.cost_budget or cfg.round_budget * cfg.cost_scale
         self._dict_obs = cfg.observation == "dict"
         self.observation_space = self.layout.dict_space() if self._dict_obs else self.layout.flat_space()
         self._obs_low = np.concatenate([np.tile(self.layout.client_low, self.n_clients), self.layout.global_low])
@@ -130,6 +136,19 @@ class QFLEnv(gym.Env, ABC):
         self._episode_over = False
         self.client_state = ClientState.fresh(self.n_clients)
         self._history: list[RoundRecord] = []
+
+    @property
+    def spec(self) -> EnvSpec | None:
+        """The registration's spec (set by ``gym.make``), its ``max_episode_steps`` the config's ``round_budget``.
+
+        The ids are registered without ``max_episode_steps``, so no ``TimeLimit`` fixes the horizon at the
+        default budget: the env truncates itself after ``round_budget`` rounds, and ``env.spec`` says so.
+        """
+        return self._spec
+
+    @spec.setter
+    def spec(self, value: EnvSpec | None) -> None:
+        self._spec = None if value is None else dataclasses.replace(value, max_episode_steps=self._budget)
 
     # ------------------------------------------------------------------------------------------ subclass hook
     @abstractmethod
@@ -163,6 +182,9 @@ class QFLEnv(gym.Env, ABC):
         self._total_bytes = 0.0
         self._total_time = 0.0
         self._total_shots = 0.0
+        self._total_cost = 0.0
+        self._last_cost = 0.0
+        self._accuracy = _accuracy(initial)
         self._last_lr = self._fixed_lr
         self._last_steps = self._fixed_steps
         self._steps = 0
@@ -199,43 +221,17 @@ class QFLEnv(gym.Env, ABC):
             entry[0].load_state_dict(copy.deepcopy(entry[1]))
         self.federation = entry[0]
         self._fed_seed = seed
-        self._static_features()
+        self.refresh_static_features()
 
-    def _static_features(self) -> None:
+    def refresh_static_features(self) -> None:
+        """Recompute the static client features and the reference scales from ``self.federation``.
+
+        The env calls it when it starts a federation; an env whose federation can change its clients (the
+        Flower mirror) calls it after they change.
+        """
         fed = self.federation
-        n = self.n_clients
-        cfg = fed.config
-        self._ln_k = math.log(fed.n_classes) if fed.n_classes > 1 else 1.0
-        sizes = np.array([s.size for s in fed.client_stats], dtype=np.float64)
-        skew = np.array([s.skew for s in fed.client_stats], dtype=np.float64)
-        shots = np.array([p.shots or 0 for p in fed.profiles], dtype=np.float64)
-        depol = np.array([p.depolarizing for p in fed.profiles])
-        readout = np.array([p.readout_error for p in fed.profiles])
-        latency = np.array([p.latency_s for p in fed.profiles])
-        c = np.zeros((n, len(CLIENT_FEATURES)), dtype=np.float32)
-        c[:, _C["data_size"]] = sizes / sizes.max()
-        c[:, _C["label_skew"]] = skew
-        if fed.n_classes > MAX_LABEL_CLASSES:
-            raise ValueError(
-                f"{type(self).__name__}: the federation has {fed.n_classes} classes; the observation's "
-                f"label_frac_* features cover at most {MAX_LABEL_CLASSES}"
-            )
-        hist = np.array([s.label_histogram for s in fed.client_stats], dtype=np.float64)
-        fractions = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1.0)
-        first = _C[LABEL_FEATURES[0]]
-        c[:, first : first + fractions.shape[1]] = fractions
-        c[:, _C["noise_level"]] = 1.0 - (1.0 - 4.0 * depol / 3.0) ** cfg.circuit.n_layers * (1.0 - 2.0 * readout)
-        c[:, _C["shot_noise"]] = np.where(shots > 0, 1.0 / np.sqrt(np.maximum(shots, 1.0)), 0.0)
-        c[:, _C["latency"]] = latency / latency.max()
-        self._client_obs = c
-        # Reference scales of a round in which every client trains with the fixed lr / local steps.
-        base_steps = self._fixed_steps
-        per_sample = 1 + 2 * fed.spec.n_circuit_params
-        executions = np.minimum(sizes, cfg.training.batch_size) * per_sample * base_steps
-        self._bytes_scale = float(2 * n * fed.param_bytes)
-        self._time_scale = float(cfg.server_time_s + (executions * latency).max())
-        self._shots_scale = float(max((executions * shots).sum(), 1.0))
-        self._norm_scale = float(cfg.training.lr * cfg.training.local_steps)
+        self._client_obs = static_client_features(fed, self.layout, self.config.shot_price, self.config.cost_scale)
+        self._scales = RoundScales.of(fed, self._fixed_steps)
         self._has_availability = hasattr(fed, "available")
 
     def _read_availability(self) -> None:
@@ -255,73 +251,108 @@ class QFLEnv(gym.Env, ABC):
         if self._episode_over:
             raise RuntimeError(f"{type(self).__name__}: the episode has ended; call reset()")
         decision = self.action_codec.decode(action)
-        st = self.client_state
         self._steps += 1
         prev_acc, prev_loss = self._val_acc, self._val_loss
         if decision.stop:
             report = None
             self.last_decision = decision
         else:
-            selected = decision.selected
-            if selected is None:
-                selected = self._selection_rule(st, self._k, self.np_random)
-            lr = self._fixed_lr if decision.lr is None else decision.lr
-            steps = self._fixed_steps if decision.local_steps is None else decision.local_steps
-            report = self.federation.run_round(selected, lr, steps)
-            self.last_decision = ControlDecision(selected, lr, steps, False)
-            self._apply_report(report, selected)
+            report = self._run_round(decision)
         self.last_report = report
-
-        reached_now = False
-        if self._target is not None and not self._reached and self._val_acc >= self._target:
-            self._reached = reached_now = True
-        ctx = RewardContext(
-            report,
-            decision.stop,
-            reached_now,
-            self._val_acc,
-            self._val_loss,
-            prev_acc,
-            prev_loss,
-            st.rounds,
-            self._budget,
-            self._target,
-            self.federation.n_classes,
-            self._bytes_scale,
-            self._time_scale,
-            self._shots_scale,
-            self,
-        )
-        terms = {name: float(fn(ctx)) for name, fn in zip(self._reward_names, self._reward_fns, strict=True)}
-        reward = 0.0
-        for w, v in zip(self._reward_weights, terms.values(), strict=True):
-            reward += w * v
-        if not math.isfinite(reward):
-            raise FloatingPointError(f"reward is not finite: terms {terms}")
-
-        terminated = decision.stop or reached_now
-        truncated = not terminated and self._steps >= self._budget
+        reached_now = self._target is not None and not self._reached and self._val_acc >= self._target
+        self._reached = self._reached or reached_now
+        terms = self._rewards(report, decision.stop, reached_now, prev_acc, prev_loss)
+        reward = self._reward(terms)
+        terminated = self._terminated(decision.stop, reached_now)
+        truncated = self._truncated(terminated)
         self._episode_over = terminated or truncated
         obs = self._observation()
-        self._history.append(
-            RoundRecord(
-                st.rounds,
-                0 if report is None else len(report.selected),
-                0 if report is None else len(report.participants),
-                0 if report is None else len(report.dropped),
-                self._last_lr,
-                self._last_steps,
-                self._val_acc,
-                self._val_loss,
-                self._total_bytes,
-                self._total_time,
-                self._total_shots,
-                reward,
-                decision.stop,
-            )
+        self._history.append(self._record(report, reward, decision.stop))
+        return obs, reward, terminated, truncated, self._info(report, decision.stop, terms)
+
+    def _run_round(self, decision: ControlDecision) -> RoundReport:
+        """Fill the knobs the controller left open from the config, run the round and book its report."""
+        selected = decision.selected
+        if selected is None:
+            selected = self._selection_rule(self.client_state, self._k, self.np_random)
+        lr = self._fixed_lr if decision.lr is None else decision.lr
+        steps = self._fixed_steps if decision.local_steps is None else decision.local_steps
+        report = self.federation.run_round(selected, lr, steps)
+        self.last_decision = ControlDecision(selected=selected, lr=lr, local_steps=steps, stop=False)
+        self._apply_report(report, selected)
+        return report
+
+    def _rewards(
+        self, report: RoundReport | None, stopped: bool, reached_now: bool, prev_acc: float, prev_loss: float
+    ) -> dict[str, float]:
+        """The unweighted value of every configured reward term (``info["rewards"]``)."""
+        ctx = RewardContext(
+            report=report,
+            stopped=stopped,
+            target_reached=reached_now,
+            val_accuracy=self._val_acc,
+            val_loss=self._val_loss,
+            prev_val_accuracy=prev_acc,
+            prev_val_loss=prev_loss,
+            rounds=self.client_state.rounds,
+            round_budget=self._budget,
+            target_accuracy=self._target,
+            n_classes=self.federation.n_classes,
+            bytes_scale=self._scales.bytes,
+            time_scale=self._scales.time,
+            shots_scale=self._scales.shots,
+            cost=0.0 if report is None else self._last_cost,
+            cost_scale=self.config.cost_scale,
+            env=self,
         )
-        info = {
-            "round": st.rounds,
+        return {name: float(fn(ctx)) for name, fn in zip(self._reward_names, self._reward_fns, strict=True)}
+
+    def _reward(self, terms: dict[str, float]) -> float:
+        """The weighted sum of the terms (weights from ``reward_weights``).
+
+        Raises:
+            FloatingPointError: If the sum is not finite (naming every term).
+        """
+        reward = 0.0
+        for weight, value in zip(self._reward_weights, terms.values(), strict=True):
+            reward += weight * value
+        if not math.isfinite(reward):
+            raise FloatingPointError(f"reward is not finite: terms {terms}")
+        return reward
+
+    def _terminated(self, stopped: bool, reached_now: bool) -> bool:
+        """The task's own ends: the controller stopped, or the target accuracy was reached."""
+        return stopped or reached_now
+
+    def _truncated(self, terminated: bool) -> bool:
+        """The round budget or the cost budget is spent (the env truncates by itself; see :attr:`spec`)."""
+        if terminated:
+            return False
+        cost_budget = self.config.cost_budget
+        return self._steps >= self._budget or (cost_budget is not None and self._total_cost >= cost_budget)
+
+    def _record(self, report: RoundReport | None, reward: float, stopped: bool) -> RoundRecord:
+        """The step as the renderers show it."""
+        return RoundRecord(
+            round=self.client_state.rounds,
+            selected=0 if report is None else len(report.selected),
+            participants=0 if report is None else len(report.participants),
+            dropped=0 if report is None else len(report.dropped),
+            lr=self._last_lr,
+            local_steps=self._last_steps,
+            val_accuracy=self._val_acc,
+            val_loss=self._val_loss,
+            total_bytes=self._total_bytes,
+            total_wall_time_s=self._total_time,
+            total_shots=self._total_shots,
+            reward=reward,
+            stopped=stopped,
+        )
+
+    def _info(self, report: RoundReport | None, stopped: bool, terms: dict[str, float]) -> dict[str, Any]:
+        """The step's ``info``: the round's metrics and costs, running totals and the reward terms."""
+        return {
+            "round": self.client_state.rounds,
             "val_accuracy": self._val_acc,
             "val_loss": self._val_loss,
             "test_accuracy": None if report is None else _none_if_nan(report.test_accuracy),
@@ -336,11 +367,34 @@ class QFLEnv(gym.Env, ABC):
             "total_bytes": self._total_bytes,
             "total_wall_time_s": self._total_time,
             "total_shots": self._total_shots,
-            "stopped": decision.stop,
+            "cost": 0.0 if report is None else self._last_cost,
+            "total_cost": self._total_cost,
+            "objective": self.objective_value(),
+            "stopped": stopped,
             "target_reached": self._reached,
             "rewards": terms,
         }
-        return obs, reward, terminated, truncated, info
+
+    @property
+    def val_accuracy(self) -> float:
+        """Validation accuracy of the current global model."""
+        return self._val_acc
+
+    def objective_value(self) -> float:
+        """The episode's objective (``config.objective``) if it ended now: lower is better."""
+        cfg = self.config
+        return self._objective(
+            EpisodeOutcome(
+                rounds=self.client_state.rounds,
+                total_cost=self._total_cost,
+                reached=self._reached,
+                final_accuracy=self._accuracy,
+                round_budget=self._budget,
+                cost_budget=cfg.cost_budget,
+                cost_scale=cfg.cost_scale,
+                cost_weight=cfg.cost_weight,
+            )
+        )
 
     def _apply_report(self, report: RoundReport, selected: np.ndarray) -> None:
         st = self.client_state
@@ -351,8 +405,8 @@ class QFLEnv(gym.Env, ABC):
         if report.clients:
             rows = np.array([(c.client_id, c.loss_before, c.update_norm, c.update_cosine) for c in report.clients])
             ids = rows[:, 0].astype(np.intp)
-            st.last_loss[ids] = rows[:, 1] / self._ln_k
-            self._update_norm[ids] = np.tanh(rows[:, 2] / self._norm_scale)
+            st.last_loss[ids] = rows[:, 1] / self._scales.loss
+            self._update_norm[ids] = np.tanh(rows[:, 2] / self._scales.norm)
             self._cosine[ids] = rows[:, 3]
         self._prev_val_acc, self._prev_val_loss = self._val_acc, self._val_loss
         self._val_acc = report.val_accuracy
@@ -360,40 +414,22 @@ class QFLEnv(gym.Env, ABC):
         self._total_bytes += report.bytes_uploaded + report.bytes_downloaded
         self._total_time += report.wall_time_s
         self._total_shots += report.shots_used
+        self._last_cost = report.wall_time_s + self.config.shot_price * report.shots_used
+        self._total_cost += self._last_cost
+        self._accuracy = _accuracy({"test_accuracy": report.test_accuracy, "val_accuracy": report.val_accuracy})
         self._last_lr = report.lr
         self._last_steps = report.local_steps
         self._read_availability()
 
     # ---------------------------------------------------------------------------------------- observations
     def _observation(self) -> Any:
-        st = self.client_state
         c = self._client_obs
-        budget = self._budget
-        c[:, _LAST_LOSS] = st.last_loss
-        c[:, _ROUNDS_SINCE] = (st.rounds - st.last_selected) / budget
-        c[:, _TIMES_SELECTED] = st.times_selected / budget
-        c[:, _AVAILABLE] = st.available
-        c[:, _UPDATE_NORM] = self._update_norm
-        c[:, _COSINE] = self._cosine
-        ln_k = self._ln_k
-        g = np.array(
-            (
-                st.rounds / budget,
-                self._val_acc,
-                self._val_loss / ln_k,
-                self._val_acc - self._prev_val_acc,
-                (self._val_loss - self._prev_val_loss) / ln_k,
-                self._total_bytes / (budget * self._bytes_scale),
-                self._total_time / (budget * self._time_scale),
-                self._total_shots / (budget * self._shots_scale),
-                math.log10(self._last_lr / self.lr_map.base_lr),
-                self._last_steps / self.config.local_steps_range[1],
-                np.count_nonzero(st.available) / self.n_clients,
-                0.0 if self._target is None else self._target - self._val_acc,
-            ),
-            dtype=np.float32,
-        )
-        obs = np.concatenate((c.reshape(-1), g))
+        index = self.layout.client_index
+        for name, column in self._client_features().items():
+            c[:, index[name]] = column
+        g = self._global_features()
+        globals_ = np.array([g[name] for name in self.layout.global_features], dtype=np.float32)
+        obs = np.concatenate((c.reshape(-1), globals_))
         np.minimum(obs, self._obs_high, out=obs)
         np.maximum(obs, self._obs_low, out=obs)
         if not np.isfinite(obs).all():
@@ -405,6 +441,39 @@ class QFLEnv(gym.Env, ABC):
             }
         return obs
 
+    def _client_features(self) -> dict[str, np.ndarray]:
+        """The client features that change from round to round, by name (the others are static)."""
+        st = self.client_state
+        return {
+            "last_loss": st.last_loss,
+            "rounds_since_selected": (st.rounds - st.last_selected) / self._budget,
+            "times_selected": st.times_selected / self._budget,
+            "available": st.available,
+            "last_update_norm": self._update_norm,
+            "update_cosine": self._cosine,
+        }
+
+    def _global_features(self) -> dict[str, float]:
+        """The global features by name (before clipping to their bounds)."""
+        st = self.client_state
+        budget = self._budget
+        ln_k = self._scales.loss
+        return {
+            "round_fraction": st.rounds / budget,
+            "val_accuracy": self._val_acc,
+            "val_loss": self._val_loss / ln_k,
+            "val_accuracy_change": self._val_acc - self._prev_val_acc,
+            "val_loss_change": (self._val_loss - self._prev_val_loss) / ln_k,
+            "cumulative_bytes": self._total_bytes / (budget * self._scales.bytes),
+            "cumulative_wall_time": self._total_time / (budget * self._scales.time),
+            "cumulative_shots": self._total_shots / (budget * self._scales.shots),
+            "learning_rate": math.log10(self._last_lr / self.lr_map.base_lr),
+            "local_steps": self._last_steps / self.config.local_steps_range[1],
+            "available_fraction": np.count_nonzero(st.available) / self.n_clients,
+            "target_gap": 0.0 if self._target is None else self._target - self._val_acc,
+            "cost_spent": self._total_cost / self._cost_reference,
+        }
+
     def action_masks(self) -> np.ndarray:
         """Which action values are allowed now, in sb3-contrib's ``MaskablePPO`` format.
 
@@ -413,91 +482,6 @@ class QFLEnv(gym.Env, ABC):
         clients that are available).
         """
         return self.action_codec.mask(self.client_state.available)
-
-    # ----------------------------------------------------------------------------------------------- state
-    def get_state(self) -> dict[str, Any]:
-        """A snapshot from which :meth:`set_state` restores the env exactly (same next step, bit for bit).
-
-        Covers the federation (its ``state_dict``), the env's bookkeeping and ``np_random``. Wrapper state
-        (e.g. ``TimeLimit``'s step counter) is not included; the env truncates at ``round_budget`` by itself.
-        """
-        if self.federation is None:
-            raise RuntimeError(f"{type(self).__name__}: call reset() before get_state()")
-        return {
-            "version": _STATE_VERSION,
-            "env": type(self).__name__,
-            "federation_seed": self._fed_seed,
-            "federation": copy.deepcopy(self.federation.state_dict()),
-            "np_random": copy.deepcopy(self.np_random.bit_generator.state),
-            "client_state": self.client_state.copy(),
-            "update_norm": self._update_norm.copy(),
-            "cosine": self._cosine.copy(),
-            "scalars": {
-                "val_acc": self._val_acc,
-                "val_loss": self._val_loss,
-                "prev_val_acc": self._prev_val_acc,
-                "prev_val_loss": self._prev_val_loss,
-                "total_bytes": self._total_bytes,
-                "total_time": self._total_time,
-                "total_shots": self._total_shots,
-                "last_lr": self._last_lr,
-                "last_steps": self._last_steps,
-                "steps": self._steps,
-                "reached": self._reached,
-                "episode_over": self._episode_over,
-            },
-            "history": list(self._history),
-            "last_report": self.last_report,
-            "last_decision": self.last_decision,
-        }
-
-    def set_state(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`get_state` snapshot (from this env or another of the same class and config).
-
-        Raises:
-            ValueError: If the snapshot comes from another env class or version.
-        """
-        if state.get("version") != _STATE_VERSION or state.get("env") != type(self).__name__:
-            raise ValueError(
-                f"state was taken from {state.get('env')!r} (version {state.get('version')}), "
-                f"not {type(self).__name__!r} (version {_STATE_VERSION})"
-            )
-        self._start_federation(int(state["federation_seed"]))
-        self.federation.load_state_dict(copy.deepcopy(state["federation"]))
-        if self._np_random is None:
-            self._np_random = np.random.Generator(np.random.PCG64())
-        self._np_random.bit_generator.state = copy.deepcopy(state["np_random"])
-        self.client_state = state["client_state"].copy()
-        self._update_norm = state["update_norm"].copy()
-        self._cosine = state["cosine"].copy()
-        s = state["scalars"]
-        self._val_acc, self._val_loss = s["val_acc"], s["val_loss"]
-        self._prev_val_acc, self._prev_val_loss = s["prev_val_acc"], s["prev_val_loss"]
-        self._total_bytes, self._total_time, self._total_shots = (
-            s["total_bytes"],
-            s["total_time"],
-            s["total_shots"],
-        )
-        self._last_lr, self._last_steps = s["last_lr"], s["last_steps"]
-        self._steps, self._reached, self._episode_over = s["steps"], s["reached"], s["episode_over"]
-        self._history = list(state["history"])
-        self.last_report = state["last_report"]
-        self.last_decision = state["last_decision"]
-
-    # ---------------------------------------------------------------------------------------------- pickle
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        if self.federation is not None:
-            state["_pickled_env_state"] = self.get_state()
-        state["federation"] = None
-        state["_fed_cache"] = OrderedDict()
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        snapshot = state.pop("_pickled_env_state", None)
-        self.__dict__.update(state)
-        if snapshot is not None:
-            self.set_state(snapshot)
 
     # ---------------------------------------------------------------------------------------------- render
     def render(self) -> str | np.ndarray | None:
@@ -510,6 +494,18 @@ class QFLEnv(gym.Env, ABC):
         if self.render_mode == "ansi":
             return render_ansi(history, title)
         return render_rgb_array(history, title)
+
+
+def _preset_names(presets: Sequence[str], what: str) -> tuple[str, ...]:
+    if isinstance(presets, str) or not all(isinstance(name, str) for name in presets):
+        raise ConfigError(f"{what} presets: must be a sequence of env preset names, got {presets!r}")
+    return tuple(presets)
+
+
+def _accuracy(metrics: Mapping[str, float]) -> float:
+    """Test accuracy when the federation evaluates the test split (not NaN), else validation accuracy."""
+    test = metrics["test_accuracy"]
+    return float(metrics["val_accuracy"] if test != test else test)
 
 
 def _none_if_nan(value: float) -> float | None:

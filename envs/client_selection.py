@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from .actions import ActionCodec, SelectionCodec, TopKSelectionCodec
-from .base import QFLEnv, merge_presets
+from .base import QFLEnv
+from .config import merge_presets
 
-__all__ = ["ClientSelectionEnv", "ClientSelectionHardEnv", "ClientSelectionTinyEnv"]
+__all__ = ["ClientSelectionEnv"]
 
 
 class ClientSelectionEnv(QFLEnv):
@@ -17,8 +18,9 @@ class ClientSelectionEnv(QFLEnv):
 
     A server trains a variational quantum classifier with federated averaging over `N` quantum clients whose
     data are non-IID and whose devices differ in noise, shots, latency and availability. Each step is one
-    federated round: the controller picks the clients that train; the learning rate (1.0) and local steps (1) are
-    fixed by the config and the episode never stops early by itself except on reaching the target accuracy.
+    federated round: the controller picks the clients that train; the learning rate and local steps are fixed
+    by the config (`configs/envs/client_selection.yaml`) and the episode never stops early by itself except on
+    reaching the target accuracy.
     The task is to reach the target validation accuracy in as few rounds (and bytes) as possible.
 
     ## Action Space
@@ -63,10 +65,10 @@ class ClientSelectionEnv(QFLEnv):
     ## Rewards
 
     The weighted sum of named terms (`reward_weights`), each reported in `info["rewards"]`: by default
-    `accuracy_gain` (1.0), `communication_cost` (-0.01, bytes / a full round's), `round_cost` (-0.01) and
-    `target_bonus` (0.5); `loss_drop`, `wall_time_cost`, `shot_cost`, `stop_accuracy` and
-    `early_stop_penalty` are reported with weight 0. Add terms by config callable, decorator or the
-    `qflgym.rewards` entry-point group (see `qflgym.envs.rewards`).
+    `accuracy_gain`, `communication_cost` (bytes / a full round's), `round_cost` and `target_bonus`, with
+    the weights of `configs/envs/client_selection.yaml`; the other built-in terms are reported with weight 0.
+    Add terms by config callable, decorator or the `qflgym.rewards` entry-point group (see
+    `qflgym.envs.rewards`).
 
     ## Starting State
 
@@ -77,21 +79,21 @@ class ClientSelectionEnv(QFLEnv):
     ## Episode End
 
     * `terminated`: the validation accuracy reaches `target_accuracy`.
-    * `truncated`: `round_budget` rounds were run (the registration's `max_episode_steps`; the env also
-      truncates by itself when used without `TimeLimit`). Stepping after the end raises `RuntimeError`.
+    * `truncated`: `round_budget` rounds were run (the env truncates by itself; `env.spec.max_episode_steps`
+      is the config's `round_budget`). Stepping after the end raises `RuntimeError`.
 
     ## Arguments
 
     `gym.make("QFL/ClientSelection-v0", config={...}, render_mode=None | "ansi" | "rgb_array")`; any field of
     `default_config()` may be overridden, the `federation` sub-dict is deep-merged over the
-    `federation_preset`. Variants: `QFL/ClientSelection-Hard-v0`, `QFL/ClientSelection-Tiny-v0`.
+    `federation_preset`. Variants: `QFL/ClientSelection-Hard-v0` and `QFL/ClientSelection-Tiny-v0` merge the
+    env presets `configs/envs/hard.yaml` and `configs/envs/tiny.yaml` (registration kwargs `presets`).
 
     ## Version History
 
-    * v0: Initial version (1 local step, target 0.75, round cost -0.01). Before release the observation of
-      every env gained per-client label-distribution features (`label_frac_0..9`). A variant with 3 local
-      steps, target 0.80 and round cost -0.03 was measured (docs/results.md) and not adopted: it made every
-      step ~2.2x slower.
+    * v0: Initial version (`configs/envs/client_selection.yaml`). Before release the observation of every
+      env gained per-client label-distribution features (`label_frac_0..9`). A variant with more local
+      steps, a higher target and a larger round cost was measured and not adopted (see docs/results.md).
     """
 
     @classmethod
@@ -104,27 +106,3 @@ class ClientSelectionEnv(QFLEnv):
         if cfg.selection_budget is None:
             return SelectionCodec(self.n_clients, self._fixed_lr, self._fixed_steps)
         return TopKSelectionCodec(self.n_clients, cfg.selection_budget, self._fixed_lr, self._fixed_steps)
-
-
-class ClientSelectionHardEnv(ClientSelectionEnv):
-    """``QFL/ClientSelection-Hard-v0``: more clients, strong non-IID, noisy, slow and flaky devices.
-
-    The preset ``configs/envs/hard.yaml`` over :class:`ClientSelectionEnv`'s defaults.
-    """
-
-    @classmethod
-    def default_config(cls) -> dict[str, Any]:
-        """:class:`ClientSelectionEnv` defaults merged with ``configs/envs/hard.yaml``."""
-        return merge_presets(super().default_config(), "hard")
-
-
-class ClientSelectionTinyEnv(ClientSelectionEnv):
-    """``QFL/ClientSelection-Tiny-v0``: a few clients, 2 qubits, finite shots; for tests.
-
-    The preset ``configs/envs/tiny.yaml`` over :class:`ClientSelectionEnv`'s defaults.
-    """
-
-    @classmethod
-    def default_config(cls) -> dict[str, Any]:
-        """:class:`ClientSelectionEnv` defaults merged with ``configs/envs/tiny.yaml``."""
-        return merge_presets(super().default_config(), "tiny")

@@ -3,12 +3,12 @@
 An env's config is resolved in three layers, each a plain dict deep-merged over the previous one:
 
 1. ``default_config()`` of the env class (the base class's Python dict, then the env's YAML preset in
-   ``configs/envs/``, then the variant's, e.g. ``hard``),
+   ``configs/envs/``), then the variant's presets (the registration kwargs ``presets``, e.g. ``("hard",)``),
 2. the ``config={...}`` passed to ``gym.make`` / the constructor,
 3. the ``federation`` sub-dict is merged over the federation preset named by ``federation_preset``
    (``configs/federations/<name>.yaml``).
 
-The result is validated by :class:`EnvConfig`; a bad value raises :class:`~qflgym.qfl_core.config.ConfigError`
+The result is validated by :class:`EnvConfig`; a bad value raises :class:`~qflgym.config.ConfigError`
 naming the field (dotted path), the value and what is allowed.
 """
 
@@ -21,9 +21,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from qflgym.qfl_core.config import (
+from qflgym.config import (
     ConfigError,
-    FederationConfig,
     StrictModel,
     build_config,
     deep_merge,
@@ -31,8 +30,9 @@ from qflgym.qfl_core.config import (
     register_config_model,
     registered_name,
 )
+from qflgym.qfl_core.config import FederationConfig
 
-__all__ = ["EnvConfig", "env_preset", "resolve_env_config"]
+__all__ = ["EnvConfig", "env_preset", "merge_presets", "resolve_env_config"]
 
 
 class EnvConfig(StrictModel):
@@ -46,12 +46,12 @@ class EnvConfig(StrictModel):
     """``None``: every ``reset`` draws a new federation seed from ``np_random`` (a new data partition and
     client population per episode). An integer: the same federation in every episode (faster resets)."""
     round_budget: int = Field(ge=1, le=100_000)
-    """Rounds per episode; the registration's ``max_episode_steps``. The env also truncates by itself."""
+    """Rounds per episode: the env truncates after them and reports them as ``env.spec.max_episode_steps``."""
     target_accuracy: float | None = Field(gt=0.0, le=1.0)
     """Validation accuracy that ends the episode (``terminated``), or ``None`` for no target."""
     selection_rule: str
     """Who trains when the controller does not select (StepSize, RoundTermination): a name from
-    ``qflgym.envs.rules.SELECTION_RULES`` (random_k, all, loss_greedy, least_recent)."""
+    ``qflgym.envs.rules.SELECTION_RULES`` (random-k, all-clients, loss-greedy, least-recent)."""
     clients_per_round: int | None = Field(ge=1)
     """``k`` of the selection rule; ``None`` = ``ceil(0.3 N)``."""
     selection_budget: int | None = Field(ge=1)
@@ -68,20 +68,29 @@ class EnvConfig(StrictModel):
     """``[low, high]`` local steps reachable by step-size actions."""
     observation: Literal["flat", "dict"]
     """``flat``: one ``Box`` (SB3 ``MlpPolicy``); ``dict``: ``{"clients": [N, F], "global": [G]}``."""
+    features: Literal["v0", "v1"]
+    """Observation version (``qflgym.envs.observation.FEATURE_SETS``): ``v1`` adds each client's cost of one
+    local step and the cost spent so far."""
+    objective: str
+    """The episode objective reported in ``info["objective"]`` (lower is better): a name from
+    ``qflgym.envs.objectives.OBJECTIVES`` (rounds_to_target, cost_to_target, error_plus_cost)."""
+    shot_price: float = Field(ge=0.0)
+    """Cost of one shot in seconds-equivalents: a round costs ``wall_time_s + shot_price x shots``."""
+    cost_scale: float = Field(gt=0.0)
+    """Reference cost: the unit of the ``cost`` reward term, the ``step_*`` features and ``cost_weight``."""
+    cost_budget: float | None = Field(gt=0.0)
+    """The episode is truncated once its cost reaches this (``None``: only the round budget ends it);
+    ``cost_to_target`` counts an episode that missed the target at this value."""
+    cost_weight: float = Field(ge=0.0)
+    """``error_plus_cost``: accuracy points the operator pays per ``cost_scale`` of cost."""
     reward_terms: dict[str, Callable[..., float]]
     """Extra reward terms: callables ``term(ctx) -> float`` keyed by the name used in ``reward_weights``."""
     reward_weights: dict[str, float]
     """Weight of each reward term (registered names or keys of ``reward_terms``); all are reported in
     ``info["rewards"]``."""
 
-    @field_validator("federation_seed", mode="before")
-    @classmethod
-    def _no_bool_seed(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("must be an integer >= 0 or null")
-        return value
-
     _selection_rule = field_validator("selection_rule")(registered_name("qflgym.envs.rules:SELECTION_RULES"))
+    _objective = field_validator("objective")(registered_name("qflgym.envs.objectives:OBJECTIVES"))
 
     @field_validator("clients_per_round", "selection_budget")
     @classmethod
@@ -95,8 +104,8 @@ class EnvConfig(StrictModel):
     @classmethod
     def _lr_range(cls, value: tuple[float, float]) -> tuple[float, float]:
         low, high = value
-        if not (0.0 < low <= high and math.isfinite(high)):
-            raise ValueError(f"must be [low, high] with 0 < low <= high, got {list(value)}")
+        if not 0.0 < low <= high:
+            raise ValueError("must be [low, high] with 0 < low <= high")
         return value
 
     @field_validator("local_steps_range")
@@ -104,7 +113,7 @@ class EnvConfig(StrictModel):
     def _steps_range(cls, value: tuple[int, int]) -> tuple[int, int]:
         low, high = value
         if not (1 <= low <= high <= 1000):
-            raise ValueError(f"must be [low, high] with 1 <= low <= high <= 1000, got {list(value)}")
+            raise ValueError("must be [low, high] with 1 <= low <= high <= 1000")
         return value
 
     @field_validator("reward_weights")
@@ -113,12 +122,10 @@ class EnvConfig(StrictModel):
         from .rewards import REWARDS
 
         custom = info.data.get("reward_terms") or {}
-        for name, weight in value.items():
+        for name in value:
             if name not in custom and name not in REWARDS:
                 allowed = sorted(set(REWARDS.names()) | set(custom))
                 raise ValueError(f"unknown reward term {name!r}; allowed: {', '.join(allowed)}")
-            if not math.isfinite(weight):
-                raise ValueError(f"weight of {name!r} must be finite, got {weight!r}")
         return value
 
     @property
@@ -154,6 +161,14 @@ def _cached_preset(group: str, name: str) -> dict[str, Any]:
 def env_preset(name: str) -> dict[str, Any]:
     """A copy of the env preset ``configs/envs/<name>.yaml``."""
     return deep_merge({}, _cached_preset("envs", name))
+
+
+def merge_presets(config: Mapping[str, Any], *names: str) -> dict[str, Any]:
+    """Deep-merge the env presets ``configs/envs/<name>.yaml`` over ``config``, in order."""
+    merged = dict(config)
+    for name in names:
+        merged = deep_merge(merged, env_preset(name))
+    return merged
 
 
 def resolve_env_config(defaults: Mapping[str, Any], config: Mapping[str, Any] | None, what: str) -> EnvConfig:

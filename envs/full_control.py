@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from .actions import ActionCodec, FullControlCodec
-from .base import QFLEnv, merge_presets
+from .base import QFLEnv
+from .config import merge_presets
 
-__all__ = ["FullControlEnv", "FullControlHardEnv", "FullControlTinyEnv"]
+__all__ = ["FullControlEnv"]
 
 
 class FullControlEnv(QFLEnv):
@@ -25,7 +26,7 @@ class FullControlEnv(QFLEnv):
     | index | choices | meaning |
     |---|---|---|
     | `0 .. N-1` | 2 | client `i` trains iff 1 |
-    | `N` | `lr_bins` (7) | lr multiplier `low * (high / low) ** (b / (lr_bins - 1))` of `training.lr` |
+    | `N` | `lr_bins` | lr multiplier `low * (high / low) ** (b / (lr_bins - 1))` of `training.lr` |
     | `N + 1` | `s_max - s_min + 1` | `local_steps = s_min + index` |
     | `N + 2` | 2 | 1 = stop now (the other entries are ignored) |
 
@@ -38,9 +39,10 @@ class FullControlEnv(QFLEnv):
 
     ## Rewards
 
-    Named terms weighted by `reward_weights`, all in `info["rewards"]`: by default `accuracy_gain` (1.0),
-    `communication_cost`, `wall_time_cost`, `shot_cost` and `round_cost` (-0.01 each) and `target_bonus`
-    (0.5); `loss_drop`, `stop_accuracy` and `early_stop_penalty` are reported with weight 0.
+    Named terms weighted by `reward_weights`, all in `info["rewards"]`: by default `accuracy_gain`,
+    `communication_cost`, `wall_time_cost`, `shot_cost`, `round_cost` and `target_bonus`, with the weights of
+    `configs/envs/full_control.yaml`; `loss_drop`, `stop_accuracy` and `early_stop_penalty` are reported
+    with weight 0.
 
     ## Starting State
 
@@ -54,7 +56,8 @@ class FullControlEnv(QFLEnv):
     ## Arguments
 
     `gym.make("QFL/FullControl-v0", config={...})`; relevant fields: `lr_multiplier_range`, `lr_bins`,
-    `local_steps_range`. Variants: `QFL/FullControl-Hard-v0`, `QFL/FullControl-Tiny-v0`.
+    `local_steps_range` (defaults in `configs/envs/full_control.yaml`). Variants: `QFL/FullControl-Hard-v0`,
+    `QFL/FullControl-Tiny-v0` (presets `hard`, `tiny`).
 
     ## Version History
 
@@ -69,21 +72,3 @@ class FullControlEnv(QFLEnv):
     def _make_codec(self) -> ActionCodec:
         cfg = self.config
         return FullControlCodec(self.n_clients, self.lr_map, cfg.lr_bins, cfg.local_steps_range)
-
-
-class FullControlHardEnv(FullControlEnv):
-    """``QFL/FullControl-Hard-v0``: :class:`FullControlEnv` with ``configs/envs/hard.yaml``."""
-
-    @classmethod
-    def default_config(cls) -> dict[str, Any]:
-        """:class:`FullControlEnv` defaults merged with ``configs/envs/hard.yaml``."""
-        return merge_presets(super().default_config(), "hard")
-
-
-class FullControlTinyEnv(FullControlEnv):
-    """``QFL/FullControl-Tiny-v0``: :class:`FullControlEnv` with ``configs/envs/tiny.yaml`` (for tests)."""
-
-    @classmethod
-    def default_config(cls) -> dict[str, Any]:
-        """:class:`FullControlEnv` defaults merged with ``configs/envs/tiny.yaml``."""
-        return merge_presets(super().default_config(), "tiny")

@@ -12,19 +12,30 @@ clipped to the bounds in :data:`CLIENT_FEATURE_BOUNDS` / :data:`GLOBAL_FEATURE_B
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from gymnasium import spaces
 
+if TYPE_CHECKING:
+    from qflgym.qfl_core.federation import Federation
+
 __all__ = [
     "CLIENT_FEATURES",
+    "CLIENT_FEATURES_V1",
     "CLIENT_FEATURE_BOUNDS",
+    "FEATURE_SETS",
     "GLOBAL_FEATURES",
+    "GLOBAL_FEATURES_V1",
     "GLOBAL_FEATURE_BOUNDS",
     "LABEL_FEATURES",
     "MAX_LABEL_CLASSES",
     "ObservationLayout",
+    "RoundScales",
+    "client_step_costs",
+    "static_client_features",
 ]
 
 #: Classes covered by the per-client label-distribution features (``label_frac_0`` ... ``label_frac_9``);
@@ -68,6 +79,27 @@ GLOBAL_FEATURES: tuple[str, ...] = (
     "target_gap",  # target accuracy - val_accuracy (0 without a target)
 )
 
+#: Client features of the v1 envs: the v0 ones, then what one local step on the client costs in the env's
+#: objective units (see ``cost_scale`` in the env config), so a controller can price a cohort: the round's
+#: time is the slowest member's, its shots add up.
+CLIENT_FEATURES_V1: tuple[str, ...] = (
+    *CLIENT_FEATURES,
+    "step_time",  # simulated seconds of one local step on the client / cost_scale
+    "step_shot_cost",  # shot_price x shots of one local step on the client / cost_scale
+)
+
+#: Global features of the v1 envs: the v0 ones, then the cost spent so far.
+GLOBAL_FEATURES_V1: tuple[str, ...] = (
+    *GLOBAL_FEATURES,
+    "cost_spent",  # cost so far / cost_budget (/ (round budget x cost_scale) without a cost budget)
+)
+
+#: The observation versions: ``features`` in the env config names one.
+FEATURE_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "v0": (CLIENT_FEATURES, GLOBAL_FEATURES),
+    "v1": (CLIENT_FEATURES_V1, GLOBAL_FEATURES_V1),
+}
+
 #: ``(low, high)`` of each client feature.
 CLIENT_FEATURE_BOUNDS: dict[str, tuple[float, float]] = {
     "data_size": (0.0, 1.0),
@@ -81,6 +113,8 @@ CLIENT_FEATURE_BOUNDS: dict[str, tuple[float, float]] = {
     "available": (0.0, 1.0),
     "last_update_norm": (0.0, 1.0),
     "update_cosine": (-1.0, 1.0),
+    "step_time": (0.0, 100.0),
+    "step_shot_cost": (0.0, 100.0),
 } | {name: (0.0, 1.0) for name in LABEL_FEATURES}
 
 #: ``(low, high)`` of each global feature.
@@ -97,10 +131,8 @@ GLOBAL_FEATURE_BOUNDS: dict[str, tuple[float, float]] = {
     "local_steps": (0.0, 10.0),
     "available_fraction": (0.0, 1.0),
     "target_gap": (-1.0, 1.0),
+    "cost_spent": (0.0, 10.0),
 }
-
-_CLIENT_INDEX = {name: i for i, name in enumerate(CLIENT_FEATURES)}
-_GLOBAL_INDEX = {name: i for i, name in enumerate(GLOBAL_FEATURES)}
 
 
 class ObservationLayout:
@@ -111,6 +143,10 @@ class ObservationLayout:
 
     Args:
         n_clients: N.
+        features: The observation version, a key of :data:`FEATURE_SETS` (``"v0"``, ``"v1"``).
+
+    Raises:
+        ValueError: If ``features`` is not a known version.
 
     Example:
         >>> layout = env.unwrapped.layout
@@ -118,19 +154,22 @@ class ObservationLayout:
         >>> acc = layout.global_(obs, "val_accuracy")     # float
     """
 
-    client_features: tuple[str, ...] = CLIENT_FEATURES
-    global_features: tuple[str, ...] = GLOBAL_FEATURES
-
-    def __init__(self, n_clients: int) -> None:
+    def __init__(self, n_clients: int, features: str = "v0") -> None:
+        if features not in FEATURE_SETS:
+            raise ValueError(f"features: unknown observation version {features!r}; allowed: {', '.join(FEATURE_SETS)}")
         self.n_clients = int(n_clients)
-        self.n_client_features = len(CLIENT_FEATURES)
-        self.n_global_features = len(GLOBAL_FEATURES)
+        self.features = features
+        self.client_features, self.global_features = FEATURE_SETS[features]
+        self.client_index = {name: i for i, name in enumerate(self.client_features)}
+        self.global_index = {name: i for i, name in enumerate(self.global_features)}
+        self.n_client_features = len(self.client_features)
+        self.n_global_features = len(self.global_features)
         self.client_size = self.n_clients * self.n_client_features
         self.size = self.client_size + self.n_global_features
-        self.client_low = np.array([CLIENT_FEATURE_BOUNDS[f][0] for f in CLIENT_FEATURES], dtype=np.float32)
-        self.client_high = np.array([CLIENT_FEATURE_BOUNDS[f][1] for f in CLIENT_FEATURES], dtype=np.float32)
-        self.global_low = np.array([GLOBAL_FEATURE_BOUNDS[f][0] for f in GLOBAL_FEATURES], dtype=np.float32)
-        self.global_high = np.array([GLOBAL_FEATURE_BOUNDS[f][1] for f in GLOBAL_FEATURES], dtype=np.float32)
+        self.client_low = np.array([CLIENT_FEATURE_BOUNDS[f][0] for f in self.client_features], dtype=np.float32)
+        self.client_high = np.array([CLIENT_FEATURE_BOUNDS[f][1] for f in self.client_features], dtype=np.float32)
+        self.global_low = np.array([GLOBAL_FEATURE_BOUNDS[f][0] for f in self.global_features], dtype=np.float32)
+        self.global_high = np.array([GLOBAL_FEATURE_BOUNDS[f][1] for f in self.global_features], dtype=np.float32)
 
     def flat_space(self) -> spaces.Box:
         """The flat ``Box`` observation space."""
@@ -167,17 +206,19 @@ class ObservationLayout:
     def client(self, obs: Any, name: str) -> np.ndarray:
         """The client feature ``name`` of every client: ``[..., N]``."""
         try:
-            j = _CLIENT_INDEX[name]
+            j = self.client_index[name]
         except KeyError:
-            raise KeyError(f"unknown client feature {name!r}; allowed: {', '.join(CLIENT_FEATURES)}") from None
+            allowed = ", ".join(self.client_features)
+            raise KeyError(f"unknown client feature {name!r}; allowed: {allowed}") from None
         return self.clients(obs)[..., j]
 
     def global_(self, obs: Any, name: str) -> Any:
         """The global feature ``name``: a float for one observation, ``[...]`` for a batch."""
         try:
-            j = _GLOBAL_INDEX[name]
+            j = self.global_index[name]
         except KeyError:
-            raise KeyError(f"unknown global feature {name!r}; allowed: {', '.join(GLOBAL_FEATURES)}") from None
+            allowed = ", ".join(self.global_features)
+            raise KeyError(f"unknown global feature {name!r}; allowed: {allowed}") from None
         value = self.globals_(obs)[..., j]
         return float(value) if np.ndim(value) == 0 else value
 
@@ -199,10 +240,98 @@ class ObservationLayout:
         """``(index range, name, bounds)`` rows documenting the flat layout."""
         rows = []
         f = self.n_client_features
-        for j, name in enumerate(CLIENT_FEATURES):
+        for j, name in enumerate(self.client_features):
             lo, hi = CLIENT_FEATURE_BOUNDS[name]
             rows.append((f"{j} + {f}·i", f"client i: {name}", f"[{lo}, {hi}]"))
-        for j, name in enumerate(GLOBAL_FEATURES):
+        for j, name in enumerate(self.global_features):
             lo, hi = GLOBAL_FEATURE_BOUNDS[name]
             rows.append((f"{f}·N + {j}", name, f"[{lo}, {hi}]"))
         return rows
+
+
+def client_step_costs(fed: Federation, local_steps: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """What ``local_steps`` local steps cost on each client: ``(simulated seconds [N], shots [N])``.
+
+    A step trains on a minibatch of ``min(size, batch_size)`` samples, each needing ``1 + 2 P`` circuit
+    executions (forward pass and parameter shifts), each taking the client's ``latency_s`` and ``shots``
+    (the cost model of :mod:`qflgym.qfl_core.clients`).
+    """
+    sizes = np.array([s.size for s in fed.client_stats], dtype=np.float64)
+    shots = np.array([p.shots or 0 for p in fed.profiles], dtype=np.float64)
+    latency = np.array([p.latency_s for p in fed.profiles])
+    per_sample = 1 + 2 * fed.spec.n_circuit_params
+    executions = np.minimum(sizes, fed.config.training.batch_size) * per_sample * local_steps
+    return executions * latency, executions * shots
+
+
+def static_client_features(
+    fed: Federation, layout: ObservationLayout, shot_price: float = 0.0, cost_scale: float = 1.0
+) -> np.ndarray:
+    """The client features fixed for the federation's lifetime, ``[N, layout.n_client_features]`` ``float32``.
+
+    Fills ``data_size``, ``label_skew``, ``label_frac_*``, ``noise_level``, ``shot_noise`` and ``latency``
+    from the federation's client statistics and device profiles, and in v1 layouts ``step_time`` and
+    ``step_shot_cost`` (:func:`client_step_costs` priced with ``shot_price`` and divided by ``cost_scale``);
+    the other columns are 0 (the env writes them every step).
+
+    Raises:
+        ValueError: If the federation has more than :data:`MAX_LABEL_CLASSES` classes.
+    """
+    if fed.n_classes > MAX_LABEL_CLASSES:
+        raise ValueError(
+            f"the federation has {fed.n_classes} classes; the observation's label_frac_* features cover at "
+            f"most {MAX_LABEL_CLASSES}"
+        )
+    index = layout.client_index
+    sizes = np.array([s.size for s in fed.client_stats], dtype=np.float64)
+    shots = np.array([p.shots or 0 for p in fed.profiles], dtype=np.float64)
+    depol = np.array([p.depolarizing for p in fed.profiles])
+    readout = np.array([p.readout_error for p in fed.profiles])
+    latency = np.array([p.latency_s for p in fed.profiles])
+    hist = np.array([s.label_histogram for s in fed.client_stats], dtype=np.float64)
+    c = np.zeros((len(sizes), layout.n_client_features), dtype=np.float32)
+    c[:, index["data_size"]] = sizes / sizes.max()
+    c[:, index["label_skew"]] = [s.skew for s in fed.client_stats]
+    first = index[LABEL_FEATURES[0]]
+    c[:, first : first + hist.shape[1]] = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1.0)
+    n_layers = fed.config.circuit.n_layers
+    c[:, index["noise_level"]] = 1.0 - (1.0 - 4.0 * depol / 3.0) ** n_layers * (1.0 - 2.0 * readout)
+    c[:, index["shot_noise"]] = np.where(shots > 0, 1.0 / np.sqrt(np.maximum(shots, 1.0)), 0.0)
+    c[:, index["latency"]] = latency / latency.max()
+    if "step_time" in index:
+        seconds, step_shots = client_step_costs(fed)
+        c[:, index["step_time"]] = seconds / cost_scale
+        c[:, index["step_shot_cost"]] = shot_price * step_shots / cost_scale
+    return c
+
+
+@dataclass(frozen=True, slots=True)
+class RoundScales:
+    """Reference scales of a round in which every client trains, for the cost features and reward terms.
+
+    Attributes:
+        bytes: Bytes moved (every client downloads and uploads the parameters).
+        time: Simulated seconds (the server's time plus the slowest client's local training).
+        shots: Shots spent (at least 1, so exact expectations divide by 1).
+        norm: The federation's ``lr x local_steps``, the scale of an update's norm.
+        loss: ``ln K``, the loss of a uniform guess (1 for one class).
+    """
+
+    bytes: float
+    time: float
+    shots: float
+    norm: float
+    loss: float
+
+    @classmethod
+    def of(cls, fed: Federation, local_steps: int) -> RoundScales:
+        """The scales of ``fed`` when every client trains for ``local_steps`` minibatch steps."""
+        cfg = fed.config
+        seconds, shots = client_step_costs(fed, local_steps)
+        return cls(
+            bytes=float(2 * fed.n_clients * fed.param_bytes),
+            time=float(cfg.server_time_s + seconds.max()),
+            shots=float(max(shots.sum(), 1.0)),
+            norm=float(cfg.training.lr * cfg.training.local_steps),
+            loss=math.log(fed.n_classes) if fed.n_classes > 1 else 1.0,
+        )

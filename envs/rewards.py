@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from qflgym.qfl_core.registry import Registry
+from qflgym.registry import Registry
 
 if TYPE_CHECKING:
     from qflgym.qfl_core.federation import RoundReport
@@ -68,6 +68,8 @@ class RewardContext:
         bytes_scale: Bytes of a round in which every client trains (upload + download).
         time_scale: Reference simulated seconds of a round in which every client trains.
         shots_scale: Reference shots of a round in which every client trains (1 with exact expectations).
+        cost: This round's cost, ``wall_time_s + shot_price x shots`` (0 without a round).
+        cost_scale: The env's reference cost (``cost_scale`` in its config).
         env: The unwrapped env, for terms that need more.
     """
 
@@ -85,6 +87,8 @@ class RewardContext:
     bytes_scale: float
     time_scale: float
     shots_scale: float
+    cost: float = 0.0
+    cost_scale: float = 1.0
     env: Any = None
 
 
@@ -132,6 +136,12 @@ def wall_time_cost(ctx: RewardContext) -> float:
 def shot_cost(ctx: RewardContext) -> float:
     """Shots spent this round relative to the reference shots of a full round (0 with exact expectations)."""
     return 0.0 if ctx.report is None else ctx.report.shots_used / ctx.shots_scale
+
+
+@reward_term("cost")
+def cost(ctx: RewardContext) -> float:
+    """This round's cost (wall time plus priced shots) in units of the env's ``cost_scale``."""
+    return ctx.cost / ctx.cost_scale
 
 
 @reward_term("round_cost")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from .actions import ActionCodec, TerminationCodec
-from .base import QFLEnv, merge_presets
+from .base import QFLEnv
+from .config import merge_presets
 
-__all__ = ["RoundTerminationEnv", "RoundTerminationHardEnv", "RoundTerminationTinyEnv"]
+__all__ = ["RoundTerminationEnv"]
 
 
 class RoundTerminationEnv(QFLEnv):
@@ -15,10 +16,10 @@ class RoundTerminationEnv(QFLEnv):
 
     ## Description
 
-    The quantum federation of `QFL/ClientSelection-v0` with a fixed selection rule (`selection_rule`,
-    default `random_k`) and a fixed step size; the controller decides before each round whether to run it
-    or to stop training now. Every round costs bytes, device time and shots; stopping too early leaves
-    accuracy on the table. An optimal-stopping problem.
+    The quantum federation of `QFL/ClientSelection-v0` with a fixed selection rule (`selection_rule`)
+    and a fixed step size (see `configs/envs/round_termination.yaml`); the controller decides before each
+    round whether to run it or to stop training now. Every round costs bytes, device time and shots;
+    stopping too early leaves accuracy on the table. An optimal-stopping problem.
 
     ## Action Space
 
@@ -30,9 +31,9 @@ class RoundTerminationEnv(QFLEnv):
 
     ## Rewards
 
-    Named terms weighted by `reward_weights`, all in `info["rewards"]`: by default `accuracy_gain` (1.0),
-    `communication_cost` (-0.01) and `wall_time_cost` (-0.005) on rounds, and
-    `stop_accuracy` / `early_stop_penalty` (weight 0, reported) on the stopping step. Without a
+    Named terms weighted by `reward_weights`, all in `info["rewards"]`: by default `accuracy_gain`,
+    `communication_cost` and `wall_time_cost` on rounds (weights in `configs/envs/round_termination.yaml`),
+    and `stop_accuracy` / `early_stop_penalty` (weight 0, reported) on the stopping step. Without a
     `target_accuracy` the episode only ends by stopping or truncation.
 
     ## Starting State
@@ -42,12 +43,12 @@ class RoundTerminationEnv(QFLEnv):
     ## Episode End
 
     `terminated` when the controller stops or the validation accuracy reaches `target_accuracy`
-    (the default `null` here: no target); `truncated` after `round_budget` steps.
+    (the preset sets none); `truncated` after `round_budget` steps.
 
     ## Arguments
 
     `gym.make("QFL/RoundTermination-v0", config={...})`. Variants: `QFL/RoundTermination-Hard-v0`,
-    `QFL/RoundTermination-Tiny-v0`.
+    `QFL/RoundTermination-Tiny-v0` (presets `hard`, `tiny`).
 
     ## Version History
 
@@ -61,21 +62,3 @@ class RoundTerminationEnv(QFLEnv):
 
     def _make_codec(self) -> ActionCodec:
         return TerminationCodec(self.n_clients, self._fixed_lr, self._fixed_steps)
-
-
-class RoundTerminationHardEnv(RoundTerminationEnv):
-    """``QFL/RoundTermination-Hard-v0``: :class:`RoundTerminationEnv` with ``configs/envs/hard.yaml``."""
-
-    @classmethod
-    def default_config(cls) -> dict[str, Any]:
-        """:class:`RoundTerminationEnv` defaults merged with ``configs/envs/hard.yaml``."""
-        return merge_presets(super().default_config(), "hard")
-
-
-class RoundTerminationTinyEnv(RoundTerminationEnv):
-    """``QFL/RoundTermination-Tiny-v0``: :class:`RoundTerminationEnv` with ``configs/envs/tiny.yaml``."""
-
-    @classmethod
-    def default_config(cls) -> dict[str, Any]:
-        """:class:`RoundTerminationEnv` defaults merged with ``configs/envs/tiny.yaml``."""
-        return merge_presets(super().default_config(), "tiny")

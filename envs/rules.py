@@ -1,9 +1,12 @@
-"""Fixed selection rules: who trains when the controller does not decide selection.
+"""Selection rules: the one implementation of the baseline rules that pick which clients train.
+
+The pure rules (:func:`random_k`, :func:`top_k`) work on plain arrays, so the env and the agents' heuristic
+controllers (``qflgym.agents.controllers.selection``) share them.
 
 ``QFL/StepSize-v0`` and ``QFL/RoundTermination-v0`` select clients with the rule named by the config's
-``selection_rule`` (``clients_per_round`` clients). The same rules serve as baselines in
-``benchmarks/preset_spread.py``. A rule is ``rule(state: ClientState, k: int, rng) -> np.ndarray[bool] [N]``
-and only ever selects available clients. Add one with ``@SELECTION_RULES.register("name")``.
+``selection_rule`` (``clients_per_round`` clients), looked up in :data:`SELECTION_RULES`. A registered rule is
+``rule(state: ClientState, k: int, rng) -> np.ndarray[bool] [N]`` and only ever selects available clients. Add
+one with ``@SELECTION_RULES.register("name")``. Names are lower case with hyphens, as the controllers' names.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qflgym.qfl_core.registry import Registry
+from qflgym.registry import Registry
 
-__all__ = ["SELECTION_RULES", "ClientState", "SelectionRule"]
+__all__ = ["SELECTION_RULES", "ClientState", "SelectionRule", "mask_of", "random_k", "top_k"]
 
 
 @dataclass(slots=True)
@@ -65,42 +68,69 @@ SelectionRule = Callable[[ClientState, int, np.random.Generator], np.ndarray]
 SELECTION_RULES: Registry[SelectionRule] = Registry("selection rule")
 
 
-def _top_k(score: np.ndarray, available: np.ndarray, k: int) -> np.ndarray:
-    """The ``k`` available clients with the highest ``score`` (ties: lower index first)."""
-    n_avail = int(np.count_nonzero(available))
-    if n_avail <= k:
-        return available.copy()
-    masked = np.where(available, score, -np.inf)
-    order = np.argsort(-masked, kind="stable")[:k]
-    mask = np.zeros(len(score), dtype=bool)
-    mask[order] = True
-    return mask
+def random_k(available: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` clients drawn uniformly without replacement among the ``available`` ones (FedAvg's sampling).
 
+    Args:
+        available: ``[N]`` bool mask of the clients that can train.
+        k: Clients to draw; every available client when at most ``k`` are (then nothing is drawn from ``rng``).
+        rng: The generator to draw from.
 
-@SELECTION_RULES.register("random_k")
-def random_k(state: ClientState, k: int, rng: np.random.Generator) -> np.ndarray:
-    """``k`` clients drawn uniformly without replacement among the available ones."""
-    idx = np.flatnonzero(state.available)
+    Returns:
+        The ``[N]`` bool mask of the drawn clients.
+    """
+    idx = np.flatnonzero(available)
     if len(idx) <= k:
-        return state.available.copy()
-    mask = np.zeros(len(state.available), dtype=bool)
+        return np.asarray(available, dtype=bool).copy()
+    mask = np.zeros(len(available), dtype=bool)
     mask[idx[rng.permutation(len(idx))[:k]]] = True
     return mask
 
 
-@SELECTION_RULES.register("all")
-def all_available(state: ClientState, k: int, rng: np.random.Generator) -> np.ndarray:
+def top_k(scores: np.ndarray, candidates: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the ``k`` highest ``scores`` among ``candidates``, ties broken at random with ``rng``.
+
+    Args:
+        scores: ``[N]`` score of every client.
+        candidates: Client indices to choose from (every candidate is returned when there are at most ``k``).
+        k: How many to keep.
+        rng: The generator that breaks ties (one uniform draw per candidate).
+    """
+    candidates = np.asarray(candidates, dtype=int)
+    if k >= len(candidates):
+        return candidates
+    tiebreak = rng.random(len(candidates))
+    order = np.lexsort((tiebreak, -np.asarray(scores)[candidates]))
+    return candidates[order[:k]]
+
+
+def mask_of(n: int, idx: np.ndarray) -> np.ndarray:
+    """The ``[n]`` bool mask that is true at the indices ``idx``."""
+    mask = np.zeros(n, dtype=bool)
+    mask[np.asarray(idx, dtype=int)] = True
+    return mask
+
+
+@SELECTION_RULES.register("random-k")
+def random_k_rule(state: ClientState, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` clients drawn uniformly without replacement among the available ones (:func:`random_k`)."""
+    return random_k(state.available, k, rng)
+
+
+@SELECTION_RULES.register("all-clients")
+def all_clients_rule(state: ClientState, k: int, rng: np.random.Generator) -> np.ndarray:
     """Every available client (``k`` is ignored)."""
     return state.available.copy()
 
 
-@SELECTION_RULES.register("loss_greedy")
-def loss_greedy(state: ClientState, k: int, rng: np.random.Generator) -> np.ndarray:
-    """The ``k`` available clients with the highest last loss (unseen clients count as loss ``ln K``)."""
-    return _top_k(state.last_loss, state.available, k)
+@SELECTION_RULES.register("loss-greedy")
+def loss_greedy_rule(state: ClientState, k: int, rng: np.random.Generator) -> np.ndarray:
+    """The ``k`` available clients with the highest last loss (unseen clients count as 1; ties at random)."""
+    return mask_of(len(state.available), top_k(state.last_loss, np.flatnonzero(state.available), k, rng))
 
 
-@SELECTION_RULES.register("least_recent")
-def least_recent(state: ClientState, k: int, rng: np.random.Generator) -> np.ndarray:
-    """The ``k`` available clients selected longest ago (round robin over the available ones)."""
-    return _top_k(-state.last_selected.astype(np.float64), state.available, k)
+@SELECTION_RULES.register("least-recent")
+def least_recent_rule(state: ClientState, k: int, rng: np.random.Generator) -> np.ndarray:
+    """The ``k`` available clients selected longest ago (ties at random)."""
+    scores = -state.last_selected.astype(np.float64)
+    return mask_of(len(state.available), top_k(scores, np.flatnonzero(state.available), k, rng))

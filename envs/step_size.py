@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from .actions import ActionCodec, StepSizeCodec
-from .base import QFLEnv, merge_presets
+from .base import QFLEnv
+from .config import merge_presets
 
-__all__ = ["StepSizeEnv", "StepSizeHardEnv", "StepSizeTinyEnv"]
+__all__ = ["StepSizeEnv"]
 
 
 class StepSizeEnv(QFLEnv):
@@ -17,9 +18,9 @@ class StepSizeEnv(QFLEnv):
 
     The quantum federation of `QFL/ClientSelection-v0`, but the controller sets the step size of local
     training: the learning rate (a log-scale multiplier of the federation's `training.lr`) and the number of
-    local minibatch steps. Clients are selected by the configured `selection_rule` (default `random_k` with
-    `clients_per_round` clients, drawn from `np_random`). Larger steps make progress faster but cost device
-    time and drift apart on non-IID data; too large learning rates diverge.
+    local minibatch steps. Clients are selected by the configured `selection_rule` (see
+    `configs/envs/step_size.yaml`; random rules draw from `np_random`). Larger steps make progress faster
+    but cost device time and drift apart on non-IID data; too large learning rates diverge.
 
     ## Action Space
 
@@ -32,7 +33,7 @@ class StepSizeEnv(QFLEnv):
 
     with `[low, high] = lr_multiplier_range` and `[s_min, s_max] = local_steps_range`.
 
-    With the default range `[0.1, 10]`, `a[0] = 0` is the federation's learning rate.
+    With a range symmetric in log scale (`low * high = 1`), `a[0] = 0` is the federation's learning rate.
 
     ## Observation Space
 
@@ -40,9 +41,10 @@ class StepSizeEnv(QFLEnv):
 
     ## Rewards
 
-    Named terms weighted by `reward_weights`, all in `info["rewards"]`: by default `accuracy_gain` (1.0),
-    `wall_time_cost` (-0.01, the round's simulated seconds / a full round's at the fixed steps),
-    `round_cost` (-0.01) and `target_bonus` (0.5); the other built-in terms are reported with weight 0.
+    Named terms weighted by `reward_weights`, all in `info["rewards"]`: by default `accuracy_gain`,
+    `wall_time_cost` (the round's simulated seconds / a full round's at the fixed steps), `round_cost` and
+    `target_bonus`, with the weights of `configs/envs/step_size.yaml`; the other built-in terms are reported
+    with weight 0.
 
     ## Starting State
 
@@ -57,7 +59,7 @@ class StepSizeEnv(QFLEnv):
 
     `gym.make("QFL/StepSize-v0", config={...})`; relevant fields: `lr_multiplier_range`,
     `local_steps_range`, `selection_rule`, `clients_per_round`. Variants: `QFL/StepSize-Hard-v0`,
-    `QFL/StepSize-Tiny-v0`.
+    `QFL/StepSize-Tiny-v0` (presets `hard`, `tiny`).
 
     ## Version History
 
@@ -71,21 +73,3 @@ class StepSizeEnv(QFLEnv):
 
     def _make_codec(self) -> ActionCodec:
         return StepSizeCodec(self.n_clients, self.lr_map, self.config.local_steps_range)
-
-
-class StepSizeHardEnv(StepSizeEnv):
-    """``QFL/StepSize-Hard-v0``: :class:`StepSizeEnv` with ``configs/envs/hard.yaml``."""
-
-    @classmethod
-    def default_config(cls) -> dict[str, Any]:
-        """:class:`StepSizeEnv` defaults merged with ``configs/envs/hard.yaml``."""
-        return merge_presets(super().default_config(), "hard")
-
-
-class StepSizeTinyEnv(StepSizeEnv):
-    """``QFL/StepSize-Tiny-v0``: :class:`StepSizeEnv` with ``configs/envs/tiny.yaml`` (for tests)."""
-
-    @classmethod
-    def default_config(cls) -> dict[str, Any]:
-        """:class:`StepSizeEnv` defaults merged with ``configs/envs/tiny.yaml``."""
-        return merge_presets(super().default_config(), "tiny")

@@ -9,7 +9,7 @@ Typical use::
     print(report.val_accuracy, report.bytes_uploaded, report.wall_time_s)
 
 The names below are imported lazily (PEP 562), so importing a light submodule such as
-:mod:`qflgym.qfl_core.registry` does not load torch, scikit-learn or PennyLane.
+:mod:`qflgym.qfl_core.config` does not load torch, scikit-learn or PennyLane.
 """
 
 from __future__ import annotations
@@ -18,18 +18,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import ConfigError, FederationConfig
+    from .config import FederationConfig
     from .federation import ClientReport, Federation, RoundReport
 
 _EXPORTS = {
-    "ConfigError": "config",
     "FederationConfig": "config",
     "ClientReport": "federation",
     "Federation": "federation",
     "RoundReport": "federation",
 }
 
-__all__ = ["ClientReport", "ConfigError", "Federation", "FederationConfig", "RoundReport"]
+__all__ = ["ClientReport", "Federation", "FederationConfig", "RoundReport"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,8 +1,9 @@
 """Typed configuration for a quantum federation, built from plain dicts or YAML presets.
 
-Every config is a frozen pydantic model that forbids unknown keys. :func:`build_config` turns validation
-failures into a :class:`ConfigError` whose message names each bad field (dotted path), the value given and what
-is allowed. Nothing is clamped: a value outside its range is an error.
+Every config is a :class:`~qflgym.config.StrictModel` (frozen, unknown keys rejected, no coercion);
+:func:`~qflgym.config.build_config` turns validation failures into a :class:`~qflgym.config.ConfigError` whose
+message names each bad field (dotted path), the value given and what is allowed. Nothing is clamped: a value
+outside its range is an error.
 
 Presets live in ``configs/federations/*.yaml`` (installed as :mod:`qflgym.configs`) and are loaded with
 :meth:`FederationConfig.from_preset`.
@@ -10,58 +11,47 @@ Presets live in ``configs/federations/*.yaml`` (installed as :mod:`qflgym.config
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Mapping
-from importlib import resources
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-ModelT = TypeVar("ModelT", bound=BaseModel)
+from qflgym.config import (
+    StrictModel,
+    build_config,
+    deep_merge,
+    load_preset,
+    load_yaml,
+    register_config_model,
+    registered_name,
+)
+
+__all__ = [
+    "BackendConfig",
+    "CircuitConfig",
+    "ClientsConfig",
+    "DataConfig",
+    "FederationConfig",
+    "PartitionConfig",
+    "PerClient",
+    "StrategyConfig",
+    "TrainingConfig",
+]
 
 #: A per-client quantity: one value for every client, or ``[low, high]`` from which each client draws its own.
 PerClient = float | tuple[float, float]
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field, the value and what is allowed."""
-
-
-class StrictModel(BaseModel):
-    """Base for all qflgym configs: frozen, unknown keys rejected, no silent coercion of types."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, validate_default=True)
-
-
-def registered_name(registry_path: str) -> Callable[[str], str]:
-    """Return a validator that accepts only names registered in a lazily imported registry.
-
-    Args:
-        registry_path: ``"module:attribute"`` of a :class:`~qflgym.qfl_core.registry.Registry`.
-    """
-
-    def check(value: str) -> str:
-        import importlib
-
-        module, attr = registry_path.split(":")
-        registry = getattr(importlib.import_module(module), attr)
-        if value not in registry:
-            raise ValueError(f"unknown {registry.kind} {value!r}; allowed: {', '.join(registry.names())}")
-        return value
-
-    return check
-
-
 def _check_range(value: PerClient, low: float, high: float, *, low_open: bool = False) -> PerClient:
+    """Check one value, or both ends of a ``(low, high)`` range, against ``[low, high]`` (``(low, high]``)."""
+    allowed = f"{'(' if low_open else '['}{low}, {high}]"
     values = value if isinstance(value, tuple) else (value,)
     for v in values:
         if v < low or v > high or (low_open and v == low):
-            bracket = "(" if low_open else "["
-            raise ValueError(f"value {v!r} is outside the allowed range {bracket}{low}, {high}]")
+            raise ValueError(f"{v!r} is outside {allowed}" if isinstance(value, tuple) else f"must be in {allowed}")
     if isinstance(value, tuple) and value[0] > value[1]:
-        raise ValueError(f"range [low, high] must have low <= high, got {list(value)}")
+        raise ValueError("a [low, high] range must have low <= high")
     return value
 
 
@@ -89,7 +79,7 @@ class DataConfig(StrictModel):
     @classmethod
     def _classes(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
         if value is not None and (len(value) < 2 or len(set(value)) != len(value)):
-            raise ValueError(f"classes must list at least two distinct labels, got {list(value)}")
+            raise ValueError("must list at least two distinct labels")
         return value
 
 
@@ -163,7 +153,7 @@ class ClientsConfig(StrictModel):
     def _shots(cls, value: int | tuple[int | None, ...] | None) -> int | tuple[int | None, ...] | None:
         values = value if isinstance(value, tuple) else (value,)
         if not values or any(v is not None and v < 1 for v in values):
-            raise ValueError(f"shots must be None or a positive integer (or a non-empty tuple of them), got {value!r}")
+            raise ValueError("must be None (exact expectations), a positive integer or a non-empty tuple of them")
         return value
 
     @field_validator("depolarizing")
@@ -238,11 +228,17 @@ class FederationConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> FederationConfig:
-        n_classes = len(self.data.classes or ())
-        if self.circuit.readout == "grouping" and n_classes > self.circuit.n_qubits:
+        if self.circuit.readout != "grouping":
+            return self
+        from .data import class_count
+
+        n_classes = class_count(self.data)
+        if n_classes > self.circuit.n_qubits:
+            classes = "all classes" if self.data.classes is None else f"data.classes={list(self.data.classes)}"
             raise ValueError(
-                f"circuit.readout='grouping' needs n_qubits >= number of classes; "
-                f"got {self.circuit.n_qubits} qubits for {n_classes} classes"
+                f"circuit.readout='grouping' needs circuit.n_qubits >= number of classes; got "
+                f"{self.circuit.n_qubits} qubits for {n_classes} classes (data.dataset={self.data.dataset!r}, "
+                f"{classes}): use circuit.readout='linear', more qubits or fewer classes"
             )
         return self
 
@@ -266,104 +262,4 @@ class FederationConfig(StrictModel):
         return self.from_dict(deep_merge(self.model_dump(), overrides))
 
 
-def build_config(cls: type[ModelT], data: Mapping[str, Any], what: str) -> ModelT:
-    """Validate ``data`` into ``cls``, turning pydantic errors into one :class:`ConfigError`.
-
-    Args:
-        cls: The config model.
-        data: A plain nested mapping.
-        what: What is being configured, for the message (e.g. ``"federation"``).
-    """
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{what} config must be a mapping, got {type(data).__name__}")
-    try:
-        return cls.model_validate(dict(data))
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, what)) from None
-
-
-def format_validation_error(err: ValidationError, what: str) -> str:
-    """Render a pydantic error as ``field: problem (got value)`` lines, allowed keys included for typos."""
-    lines = [f"invalid {what} config:"]
-    for item in err.errors():
-        loc = ".".join(str(p) for p in item["loc"] if not str(p).startswith(("function-", "tuple[", "union[")))
-        msg = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            lines.append(f"  {loc}: unknown field{_allowed_keys_hint(err.title, item['loc'])}")
-            continue
-        lines.append(f"  {loc}: {msg} (got {item.get('input')!r})")
-    return "\n".join(dict.fromkeys(lines))
-
-
-def _allowed_keys_hint(model_name: str, loc: tuple[Any, ...]) -> str:
-    model = _MODELS.get(model_name)
-    for part in loc[:-1]:
-        if model is None:
-            break
-        annotation = model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-    if model is None:
-        return ""
-    return f"; allowed: {', '.join(model.model_fields)}"
-
-
-_MODELS: dict[str, type[BaseModel]] = {}
-
-
-def register_config_model(model: type[BaseModel]) -> type[BaseModel]:
-    """Make ``model``'s field names available to error messages about unknown keys."""
-    _MODELS[model.__name__] = model
-    return model
-
-
 register_config_model(FederationConfig)
-
-
-def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Return ``base`` with ``overrides`` merged in recursively (mappings merge, everything else replaces)."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
-    """Read a YAML mapping from ``path``, with a clear error when it is missing or not a mapping.
-
-    Args:
-        path: The YAML file.
-        what: What the file holds, for the error message (``"<what> file not found: <path>"``).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    return data
-
-
-def preset_names(group: str) -> list[str]:
-    """Names of the YAML presets shipped in ``configs/<group>/``."""
-    folder = resources.files("qflgym.configs") / group
-    return sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith((".yaml", ".yml")))
-
-
-def load_preset(group: str, name: str) -> dict[str, Any]:
-    """Load the preset ``configs/<group>/<name>.yaml`` shipped with the package.
-
-    Raises:
-        ConfigError: Naming the available presets when ``name`` is unknown.
-    """
-    folder = resources.files("qflgym.configs") / group
-    for suffix in (".yaml", ".yml"):
-        candidate = folder / f"{name}{suffix}"
-        if candidate.is_file():
-            data = yaml.safe_load(candidate.read_text()) or {}
-            if not isinstance(data, dict):
-                raise ConfigError(f"preset {group}/{name}: top level must be a mapping")
-            return data
-    raise ConfigError(f"unknown {group} preset {name!r}; allowed: {', '.join(preset_names(group))}")

@@ -33,8 +33,9 @@ from sklearn import datasets as skdatasets
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
-from qflgym.qfl_core.config import ConfigError, DataConfig
-from qflgym.qfl_core.registry import Registry
+from qflgym.config import ConfigError
+from qflgym.qfl_core.config import DataConfig
+from qflgym.registry import Registry
 
 #: ``loader(config, rng) -> (X [n, d] float, y [n] int)``.
 DatasetLoader = Callable[[DataConfig, np.random.Generator], tuple[np.ndarray, np.ndarray]]
@@ -235,6 +236,18 @@ def load_splits(config: DataConfig, n_features: int, rng: np.random.Generator) -
         val_index=kept[val],
         test_index=kept[test],
     )
+
+
+def class_count(config: DataConfig) -> int:
+    """The number of classes a federation of ``config`` learns: ``len(config.classes)``, or all the dataset's labels.
+
+    Without ``config.classes`` the dataset's loader is run (bundled sets are read once per process) and its
+    distinct labels are counted; generated sets have a fixed label set, so the generator's seed does not matter.
+    """
+    if config.classes is not None:
+        return len(config.classes)
+    _, y = DATASETS.get(config.dataset)(config, np.random.default_rng(0))
+    return len(np.unique(y))
 
 
 def _checked(name: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -26,11 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qflgym.config import ConfigError
+
 from .backends import make_backend
 from .backends.base import ClientNoise
 from .circuits import CircuitSpec
 from .clients import ClientPool, DeviceProfile, FitResult, draw_profiles, masked_cross_entropy
-from .config import ConfigError, FederationConfig
+from .config import FederationConfig
 from .data import DataSplits, load_splits
 from .partition import ClientDataStats, client_statistics, partition
 from .strategies import STRATEGIES

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from .registry import Registry
+from qflgym.registry import Registry
 
 
 class LocalOptimizer(ABC):

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qflgym.qfl_core.config import ConfigError, PartitionConfig
-from qflgym.qfl_core.registry import Registry
+from qflgym.config import ConfigError
+from qflgym.qfl_core.config import PartitionConfig
+from qflgym.registry import Registry
 
 #: ``scheme(labels, n_clients, config, rng) -> [indices of client 0, ..., indices of client N-1]``.
 PartitionScheme = Callable[[np.ndarray, int, PartitionConfig, np.random.Generator], list[np.ndarray]]

@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
+from qflgym.registry import Registry
+
 from .config import StrategyConfig
-from .registry import Registry
 
 
 def weighted_average(params: torch.Tensor, num_examples: torch.Tensor) -> torch.Tensor:

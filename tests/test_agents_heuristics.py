@@ -11,8 +11,12 @@ import pytest
 
 import qflgym.envs  # noqa: F401 -- registers the ids
 from qflgym.agents.controllers import controller_kwargs, controller_names, make_controller
+from qflgym.agents.controllers.selection import SELECTORS
+from qflgym.agents.controllers.step_size import STEP_SIZE_RULES
+from qflgym.agents.controllers.termination import TERMINATION_RULES
 from qflgym.agents.evaluation import run_episode
-from qflgym.agents.heuristics import SELECTION_RULES, STEP_SIZE_RULES, TERMINATION_RULES
+from qflgym.config import ConfigError
+from qflgym.registry import UnknownNameError
 
 N_BIG = 8  # clients of the crafted-observation env
 
@@ -59,18 +63,20 @@ def selected(env, controller, obs):
 # ---------------------------------------------------------------------------------------------- registry
 def test_every_rule_is_a_registered_controller():
     names = controller_names()
-    for rule in [*SELECTION_RULES.names(), *STEP_SIZE_RULES.names(), *TERMINATION_RULES.names()]:
+    for rule in [*SELECTORS.names(), *STEP_SIZE_RULES.names(), *TERMINATION_RULES.names()]:
         assert rule in names or rule == "never"
     assert {"composite", "sb3", "random-k", "power-of-choice", "oort"} <= set(names)
     assert controller_kwargs("power-of-choice") == ["k", "d"]
 
 
 def test_unknown_controller_and_argument(env):
-    with pytest.raises(KeyError, match=r"unknown controller 'nope'; allowed: .*random-k"):
+    with pytest.raises(UnknownNameError, match=r"unknown controller 'nope'; allowed: .*random-k"):
         make_controller("nope", env)
-    with pytest.raises(TypeError, match="allowed: k, d"):
+    with pytest.raises(ConfigError, match="allowed: k, d"):
         make_controller("power-of-choice", env, q=3)
-    with pytest.raises(ValueError, match="k must be in"):
+    with pytest.raises(UnknownNameError, match="unknown selector 'best'; allowed: all-clients"):
+        make_controller("composite", env, selection="best")
+    with pytest.raises(ConfigError, match="k must be in"):
         make_controller("random-k", env, k=N_BIG + 1)
 
 

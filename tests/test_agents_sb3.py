@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import yaml
 
 import qflgym.envs  # noqa: F401
-from qflgym.agents.algorithms import ALGORITHMS, UnsupportedActionSpaceError, check_action_space, supporting
 from qflgym.agents.controllers import make_controller
-from qflgym.agents.hyperparams import default_hyperparams_path, load_hyperparams, parse_schedule, resolve
-from qflgym.agents.sb3_controller import SB3Controller
-from qflgym.agents.sb3_training import train
-from qflgym.qfl_core.config import ConfigError
+from qflgym.agents.controllers.sb3 import SB3Controller
+from qflgym.agents.training.algorithms import ALGORITHMS, UnsupportedActionSpaceError, check_action_space, supporting
+from qflgym.agents.training.hyperparams import default_hyperparams_path, load_hyperparams, parse_schedule, resolve
+from qflgym.agents.training.sb3 import train
+from qflgym.config import ConfigError
 
 #: A tiny preset each algorithm supports, and the overrides that make 64 steps train something.
 SMOKE = {
@@ -80,8 +82,9 @@ def test_run_directory_holds_config_command_models_and_logs(tmp_path):
     for name in (
         "model.zip",
         "best_model.zip",
-        "config.yml",
-        "args.yml",
+        "config.yaml",
+        "run.json",
+        "hyperparams.yml",
         "command.txt",
         "metrics.json",
         "evaluations.npz",
@@ -89,11 +92,13 @@ def test_run_directory_holds_config_command_models_and_logs(tmp_path):
         assert (run / name).is_file(), name
     assert list((run / "checkpoints").glob("model_*_steps.zip"))
     assert list((run / "tb").rglob("events.out.tfevents.*"))
-    zoo = yaml.safe_load((run / "config.yml").read_text())
+    zoo = yaml.safe_load((run / "hyperparams.yml").read_text())
     hp = zoo["QFL/ClientSelection-Tiny-v0"]
     assert hp["n_steps"] == 32 and hp["n_timesteps"] == 64 and hp["policy_kwargs"] == "dict(net_arch=[16])"
-    args = yaml.safe_load((run / "args.yml").read_text())
+    args = yaml.safe_load((run / "config.yaml").read_text())
     assert args["algo"] == "ppo" and args["train_env_seeds"] == [0] and args["eval_env_seed"] == 10_000
+    assert args["resolved_hyperparams"] == hp
+    assert "stable-baselines3" in json.loads((run / "run.json").read_text())["versions"]
     assert (run / "command.txt").read_text().strip() == "qflgym train --algo ppo"
     assert result.best_model_path == run / "best_model.zip"
 
@@ -154,7 +159,9 @@ def test_schedules_and_policy_kwargs_follow_the_zoo():
 
     assert trainer == {"n_timesteps": 10_000, "policy": "MlpPolicy"}
     assert kwargs["policy_kwargs"] == {"net_arch": [8], "activation_fn": nn.ReLU}
-    with pytest.raises(ConfigError, match=r"unknown hyperparameter 'n_step' for PPO; allowed: .*n_steps"):
+    with pytest.raises(
+        ConfigError, match=r"unknown hyperparameter 'n_step' for PPO \(did you mean 'n_steps'\?\); allowed: .*n_steps"
+    ):
         resolve(PPO, {"n_step": 3})
     with pytest.raises(ConfigError, match="may only use"):
         resolve(PPO, {"policy_kwargs": "__import__('os')"})
@@ -187,7 +194,7 @@ def test_maskable_controller_never_selects_masked_clients(tmp_path):
 
 
 def test_parse_overrides_reads_yaml_values():
-    from qflgym.agents.hyperparams import parse_overrides
+    from qflgym.agents.training.hyperparams import parse_overrides
 
     assert parse_overrides(["n_steps=32", "learning_rate:lin_1e-3", "policy_kwargs=dict(net_arch=[16])"]) == {
         "n_steps": 32,

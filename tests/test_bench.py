@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
 import qflgym.envs  # noqa: F401
-from qflgym.agents.benchmark import RESULT_COLUMNS, BenchSuite, load_suite, run_suite, summarize
-from qflgym.agents.cli import _suite_path
-from qflgym.agents.plots import mean_ci
-from qflgym.qfl_core.config import ConfigError, build_config
+from qflgym.agents.bench import RESULT_COLUMNS, BenchSuite, load_suite, run_suite
+from qflgym.agents.bench.report import summarize
+from qflgym.agents.cli.args import suite_path
+from qflgym.agents.evaluation.stats import mean_ci
+from qflgym.config import ConfigError, build_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def tiny(**changes):
-    suite = load_suite(_suite_path("tiny"))
+    suite = load_suite(suite_path("tiny"))
     return suite.model_copy(update=changes) if changes else suite
 
 
@@ -53,8 +56,10 @@ def test_tiny_suite_writes_markdown_plots_and_provenance(tiny_run):
     )
     for p in tiny_run.plots:
         assert p.read_bytes()[:8] == PNG
-    assert (tiny_run.out_dir / "suite.yaml").is_file()
+    assert load_suite(tiny_run.out_dir / "config.yaml").name == "tiny"  # the resolved suite runs again as it is
     assert (tiny_run.out_dir / "command.txt").read_text().strip() == "qflgym bench tiny"
+    record = json.loads((tiny_run.out_dir / "run.json").read_text())
+    assert record["executor"] == {"kind": "serial"} and "numpy" in record["versions"]
 
 
 def test_serial_runs_are_reproducible(tiny_run, tmp_path):
@@ -121,10 +126,10 @@ def test_suite_validation_names_fields_and_allowed_values(tmp_path):
 
 
 def test_load_suite_keeps_only_the_selected_envs(tmp_path):
-    suite = load_suite(_suite_path("tiny"), envs=["selection-tiny"])
+    suite = load_suite(suite_path("tiny"), envs=["selection-tiny"])
     assert [e.name for e in suite.envs] == ["selection-tiny"]
     assert [c.name for c in suite.controllers] == ["random-k", "all-clients", "power-of-choice", "oort"]
-    by_id = load_suite(_suite_path("tiny"), envs=["QFL/FullControl-Tiny-v0"])
+    by_id = load_suite(suite_path("tiny"), envs=["QFL/FullControl-Tiny-v0"])
     assert [e.name for e in by_id.envs] == ["full-tiny"] and by_id.controllers[-1].envs == ["full-tiny"]
     # controllers restricted to dropped envs are dropped before validation: their models need not exist
     path = tmp_path / "suite.yaml"
@@ -179,3 +184,24 @@ def test_paired_rounds_reduction_against_the_baseline():
     # seed 1: 1 - 5/10 = 0.5; seed 2: unreached -> budget 20: 1 - 20/20 = 0
     assert s.loc["smart", "rounds_reduction"] == pytest.approx(0.25)
     assert np.isnan(summarize(rows).set_index("controller").loc["smart", "rounds_reduction"])
+
+
+def test_a_refused_ray_cluster_is_one_line_naming_the_token_fix(tmp_path, monkeypatch, capsys):
+    ray = pytest.importorskip("ray")
+    from qflgym.agents.bench.executors import ClusterConnectionError, executor_record, run_ray
+    from qflgym.agents.cli.main import main
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("Could not connect to the GCS at 10.0.0.1:6379 after 57 s\nmore lines")
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    monkeypatch.setattr(ray, "init", refuse)
+    assert executor_record("ray") == {"kind": "ray", "ray_address": "10.0.0.1:6379"}
+    with pytest.raises(ClusterConnectionError, match=r"RAY_ADDRESS=10.0.0.1:6379 .*RAY_AUTH_MODE=token"):
+        run_ray([], progress=False)
+    code = main(["bench", "tiny", "--executor", "ray", "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "RAY_AUTH_MODE" in err and "ray get-auth-token" in err and "Traceback" not in err
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["executor"] == {"kind": "ray", "ray_address": "10.0.0.1:6379"}

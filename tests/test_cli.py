@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import re
 import subprocess
 import sys
 
 import pytest
 
-from qflgym.agents.cli import COMMANDS, SINGLE_THREAD_ENV, Command, build_parser, limit_native_threads, main
+from qflgym.agents.cli.commands import COMMANDS, USER_ERRORS, Command
+from qflgym.agents.cli.main import SINGLE_THREAD_ENV, build_parser, limit_native_threads, main
 
 
 def run(capsys, *argv):
@@ -36,7 +40,7 @@ def test_thread_variables_default_to_one_and_respect_the_user():
 def test_the_cli_module_imports_no_numerics_so_main_can_set_threads_first():
     # BLAS/OpenMP read the thread variables when loaded: main() sets them, so importing the entry module
     # (what the console script does before calling main) must not load numpy or torch.
-    code = "import sys, qflgym.agents.cli; print(sorted(m for m in ('numpy', 'torch') if m in sys.modules))"
+    code = "import sys, qflgym.agents.cli.main; print(sorted(m for m in ('numpy', 'torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -50,6 +54,57 @@ def test_unknown_algorithm(capsys):
 def test_unknown_env(capsys):
     code, _, err = run(capsys, "train", "--algo", "ppo", "--env", "QFL/Nope-v0", "--out", "/nonexistent")
     assert code == 2 and "unknown env id 'QFL/Nope-v0'" in err and "QFL/ClientSelection-v0" in err
+    assert "did you mean" not in err
+
+
+def test_unknown_env_suggests_the_closest_ids(capsys):
+    code, _, err = run(capsys, "eval", "--controller", "random-k", "--env", "QFL/ClientSelecton-v0")
+    assert code == 2 and "(did you mean QFL/ClientSelection-v0" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_only_real_user_errors_are_one_line_errors(capsys):
+    assert not set(USER_ERRORS) & {TypeError, KeyError, ValueError, AttributeError}
+    code, _, err = run(capsys, "eval", "--controller", "nope", "--env", "QFL/ClientSelection-Tiny-v0")
+    assert code == 2 and err.startswith("qflgym eval: error: unknown controller 'nope'; allowed: ")
+
+    def buggy(args: argparse.Namespace) -> int:
+        raise TypeError("a bug")
+
+    COMMANDS.add("buggy", Command("buggy", "raises a bug", lambda p: None, buggy), overwrite=True)
+    try:
+        with pytest.raises(TypeError, match="a bug"):  # a bug keeps its traceback
+            main(["buggy"])
+    finally:
+        COMMANDS._entries.pop("buggy")
+
+
+def test_a_bad_set_override_blames_the_set_value(capsys, tmp_path):
+    argv = ["train", "--algo", "ppo", "--env", "QFL/ClientSelection-Tiny-v0", "--out", str(tmp_path)]
+    code, _, err = run(capsys, *argv, "--set", "n_step=64")
+    assert code == 2
+    assert "--set n_step=64: unknown hyperparameter 'n_step' for PPO (did you mean 'n_steps'?)" in err
+    assert "ppo.yml" not in err
+
+
+def test_llm_help_is_plain_text(capsys):
+    for argv in (["llm", "--help"], ["--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
+        assert "llm" in out
+        assert not re.search(r"``|:(class|mod|func|data):", out), out
+
+
+def test_list_does_not_import_the_llm_stack():
+    code = (
+        "import sys; from qflgym.agents.cli.main import main; main(['list']); "
+        "print(sorted(m for m in ('transformers', 'trl', 'peft', 'datasets', 'accelerate', "
+        "'sentence_transformers', 'ray') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
 
 
 def test_unsupported_action_space(capsys, tmp_path):
@@ -95,22 +150,23 @@ def test_bad_config_values(capsys):
     assert code == 2 and "allowed: k" in err
 
 
-def test_eval_prints_a_table(capsys):
-    code, out, _ = run(
-        capsys,
-        "eval",
-        "--controller",
-        "power-of-choice",
-        "--env",
-        "QFL/ClientSelection-Tiny-v0",
-        "--episodes",
-        "2",
-        "--seed",
-        "5",
-    )
+def test_eval_prints_a_table_of_finite_numbers(capsys, tmp_path):
+    rows_path = tmp_path / "rows.json"
+    argv = ["eval", "--controller", "power-of-choice", "--env", "QFL/ClientSelection-Tiny-v0"]
+    code, out, _ = run(capsys, *argv, "--episodes", "2", "--seed", "5", "--json", str(rows_path))
     assert code == 0
     for header in ("return", "final acc", "rounds", "MB up", "mean"):
         assert header in out
+    rows = json.loads(rows_path.read_text())
+    assert [r["seed"] for r in rows] == [5, 6]
+    for r in rows:
+        assert math.isfinite(r["return"]) and 0.0 < r["final_accuracy"] <= 1.0
+        assert r["rounds"] >= 1 and r["total_bytes_uploaded"] > 0
+    mean_row = next(line for line in out.splitlines() if "mean" in line)
+    cells = [c.strip() for c in re.split(r"[│|]", mean_row) if c.strip()]
+    mean_return = sum(r["return"] for r in rows) / len(rows)
+    assert cells[1] == f"{mean_return:.3f}"  # the printed mean is the rows' mean, not a dash for NaN
+    assert all(re.fullmatch(r"[-+]?\d+(\.\d+)?", c) for c in cells[1:4])
 
 
 def test_list(capsys):

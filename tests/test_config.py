@@ -1,6 +1,10 @@
+import gymnasium as gym
 import pytest
 
-from qflgym.qfl_core.config import ConfigError, FederationConfig, deep_merge
+import qflgym.envs  # noqa: F401  (registers the QFL/... ids)
+from qflgym.config import ConfigError, deep_merge, load_preset, parse_yaml, preset_names
+from qflgym.qfl_core import Federation
+from qflgym.qfl_core.config import FederationConfig
 
 
 def _error(overrides: dict) -> str:
@@ -86,3 +90,157 @@ def test_configs_are_frozen():
     cfg = FederationConfig()
     with pytest.raises(Exception, match="frozen"):
         cfg.server_time_s = 1.0
+
+
+@pytest.mark.parametrize("group", ["federations", "envs", "bench", "agents"])
+def test_every_packaged_preset_loads_and_federations_validate(group):
+    names = preset_names(group)
+    assert names
+    for name in names:
+        assert isinstance(load_preset(group, name), dict)
+        if group == "federations":
+            FederationConfig.from_preset(name)
+
+
+# -------------------------------------------------------------------------------------- NaN and infinities
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"clients": {"availability": NAN}}, "clients.availability"),
+        ({"clients": {"latency_s": NAN}}, "clients.latency_s"),
+        ({"clients": {"depolarizing": NAN}}, "clients.depolarizing"),
+        ({"clients": {"readout_error": NAN}}, "clients.readout_error"),
+        ({"clients": {"depolarizing": [0.0, NAN]}}, "clients.depolarizing.1"),
+        ({"clients": {"latency_s": [1e-3, INF]}}, "clients.latency_s.1"),
+        ({"training": {"lr": NAN}}, "training.lr"),
+        ({"strategy": {"proximal_mu": INF}}, "strategy.proximal_mu"),
+        ({"strategy": {"server_lr": INF}}, "strategy.server_lr"),
+        ({"strategy": {"tau": NAN}}, "strategy.tau"),
+        ({"data": {"angle_scale": INF}}, "data.angle_scale"),
+        ({"partition": {"alpha": INF}}, "partition.alpha"),
+        ({"server_time_s": INF}, "server_time_s"),
+        ({"server_time_s": -INF}, "server_time_s"),
+    ],
+)
+def test_non_finite_numbers_are_rejected_with_the_field_path(overrides, field):
+    msg = _error(overrides)
+    assert f"  {field}: Input should be a finite number" in msg, msg
+    assert "≤" not in msg and "OverflowError" not in msg
+
+
+def test_nan_availability_is_an_error_not_every_client_offline():
+    with pytest.raises(ConfigError, match=r"clients\.availability: Input should be a finite number"):
+        Federation({"clients": {"availability": NAN}}, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"lr_multiplier": INF}, "lr_multiplier"),
+        ({"lr_multiplier": NAN}, "lr_multiplier"),
+        ({"lr_multiplier_range": [0.1, INF]}, "lr_multiplier_range.1"),
+        ({"target_accuracy": NAN}, "target_accuracy"),
+        ({"reward_weights": {"accuracy_gain": INF}}, "reward_weights.accuracy_gain"),
+    ],
+)
+def test_env_config_rejects_non_finite_numbers_at_construction(config, field):
+    with pytest.raises(ConfigError) as err:
+        gym.make("QFL/StepSize-Tiny-v0", config=config)
+    assert f"  {field}: Input should be a finite number" in str(err.value), str(err.value)
+
+
+# ------------------------------------------------------------------------------------------------ coercion
+@pytest.mark.parametrize(
+    ("overrides", "field", "expected"),
+    [
+        ({"clients": {"n_clients": True}}, "clients.n_clients", "valid integer"),
+        ({"clients": {"shots": True}}, "clients.shots", "valid integer"),
+        ({"clients": {"shots": [100, True]}}, "clients.shots.1", "valid integer"),
+        ({"circuit": {"n_qubits": "4"}}, "circuit.n_qubits", "valid integer"),
+        ({"circuit": {"n_layers": 2.0}}, "circuit.n_layers", "valid integer"),
+        ({"evaluate_test": "false"}, "evaluate_test", "valid boolean"),
+        ({"circuit": {"reupload": 1}}, "circuit.reupload", "valid boolean"),
+        ({"training": {"lr": "0.1"}}, "training.lr", "valid number"),
+        ({"training": {"lr": True}}, "training.lr", "valid number"),
+        ({"data": {"classes": [0, "1"]}}, "data.classes.1", "valid integer"),
+    ],
+)
+def test_no_silent_coercion(overrides, field, expected):
+    msg = _error(overrides)
+    assert f"  {field}: Input should be a {expected}" in msg, msg
+
+
+@pytest.mark.parametrize("config", [{"round_budget": True}, {"federation_seed": True}, {"lr_bins": "3"}])
+def test_env_config_has_no_silent_coercion_either(config):
+    (field,) = config
+    with pytest.raises(ConfigError, match=rf"  {field}: Input should be a valid integer"):
+        gym.make("QFL/FullControl-Tiny-v0", config=config)
+
+
+def test_integers_pass_as_floats_and_yaml_lists_become_tuples():
+    cfg = FederationConfig.from_preset(
+        "default",
+        {"training": {"lr": 1}, "clients": {"latency_s": [1, 2], "shots": [100, None]}, "data": {"classes": [1, 0]}},
+    )
+    assert type(cfg.training.lr) is float and cfg.training.lr == 1.0
+    assert cfg.clients.latency_s == (1.0, 2.0) and all(type(v) is float for v in cfg.clients.latency_s)
+    assert cfg.clients.shots == (100, None) and cfg.data.classes == (1, 0)
+    assert FederationConfig.from_dict(cfg.model_dump()) == cfg
+    env = gym.make("QFL/StepSize-Tiny-v0", config={"lr_multiplier_range": [1, 4], "local_steps_range": [1, 3]})
+    config = env.unwrapped.config
+    assert config.lr_multiplier_range == (1.0, 4.0) and config.local_steps_range == (1, 3)
+
+
+# ----------------------------------------------------------------------------------------- grouping readout
+@pytest.mark.parametrize(
+    ("data", "n_qubits", "n_classes"),
+    [({"dataset": "digits", "classes": None}, 4, 10), ({"dataset": "classification", "classes": None}, 3, 4)],
+)
+def test_grouping_readout_counts_all_classes_of_the_dataset(data, n_qubits, n_classes):
+    msg = _error({"data": data, "circuit": {"readout": "grouping", "n_qubits": n_qubits}})
+    assert f"circuit.n_qubits >= number of classes; got {n_qubits} qubits for {n_classes} classes" in msg
+    assert "all classes" in msg and "  : " not in msg
+
+
+def test_grouping_readout_with_all_classes_that_fit_is_valid():
+    cfg = FederationConfig.from_preset("default", {"data": {"dataset": "iris", "classes": None}})
+    assert cfg.merged({"circuit": {"readout": "grouping", "n_qubits": 3}}).circuit.readout == "grouping"
+
+
+# ------------------------------------------------------------------------------------------------ messages
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        ({"clients": {"shots": 1.5}}, "  clients.shots: Input should be a valid integer or a valid tuple (got 1.5)"),
+        ({"clients": {"shots": 0}}, "  clients.shots: must be None (exact expectations), a positive integer or a "),
+        ({"clients": {"availability": 0}}, "  clients.availability: must be in (0.0, 1.0] (got 0)"),
+        (
+            {"clients": {"depolarizing": [0.1, 0.9]}},
+            "  clients.depolarizing: 0.9 is outside [0.0, 0.75] (got (0.1, 0.9))",
+        ),
+        ({"training": {"lr": 11}}, "  training.lr: Input should be less than or equal to 10 (got 11)"),
+        ({"data": {"classes": [3]}}, "  data.classes: must list at least two distinct labels (got (3,))"),
+    ],
+)
+def test_messages_name_the_field_once_and_the_value_once(overrides, line):
+    msg = _error(overrides)
+    assert line in msg, msg
+    assert msg.count("got") == 1 and ".int" not in msg and "tuple[" not in msg
+
+
+def test_out_of_range_box_action_prints_the_exact_values_outside():
+    env = gym.make("QFL/StepSize-Tiny-v0")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"outside: \[0\] = 1\.0000000001, \[1\] = nan$"):
+        env.step([1.0000000001, NAN])
+
+
+def test_yaml_exponent_notation_is_a_float_not_a_string(tmp_path):
+    path = tmp_path / "fed.yaml"
+    path.write_text("training:\n  lr: 1e-3\nstrategy:\n  tau: 5E-4\nclients:\n  latency_s: [1e-3, 2e-2]\n")
+    cfg = FederationConfig.from_yaml(path)
+    assert (cfg.training.lr, cfg.strategy.tau, cfg.clients.latency_s) == (1e-3, 5e-4, (1e-3, 2e-2))
+    assert parse_yaml("a: x1e3\nb: 1_000\nc: 12") == {"a": "x1e3", "b": 1000, "c": 12}

@@ -10,7 +10,8 @@ import pytest
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
-from qflgym.qfl_core.config import ConfigError, DataConfig, build_config
+from qflgym.config import ConfigError, build_config
+from qflgym.qfl_core.config import DataConfig
 from qflgym.qfl_core.data import DATASETS, DataSplits, load_splits
 
 #: name -> (raw dimension, number of classes)

@@ -10,6 +10,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 import qflgym.envs as qenvs
+from qflgym.config import ConfigError
 from qflgym.envs import ENV_IDS, ControlDecision
 from qflgym.envs.actions import (
     FullControlCodec,
@@ -20,7 +21,6 @@ from qflgym.envs.actions import (
     TopKSelectionCodec,
 )
 from qflgym.envs.observation import CLIENT_FEATURES, GLOBAL_FEATURES, MAX_LABEL_CLASSES
-from qflgym.qfl_core.config import ConfigError
 
 TINY_IDS = [i for i in ENV_IDS if "-Tiny-" in i]
 
@@ -45,24 +45,52 @@ def _rollout(env: gym.Env, seed: int, n_steps: int) -> list[tuple]:
 
 
 # ---------------------------------------------------------------------------------------------- registration
-def test_importing_registers_every_id_with_a_string_entry_point_and_time_limit():
+def test_importing_registers_every_id_with_a_string_entry_point_and_its_presets():
     assert len(ENV_IDS) == 12
-    for base in ("ClientSelection", "StepSize", "RoundTermination", "FullControl"):
-        for variant in ("", "-Hard", "-Tiny"):
-            env_id = f"QFL/{base}{variant}-v0"
-            spec = gym.spec(env_id)
-            assert isinstance(spec.entry_point, str) and ":" in spec.entry_point
-            cls = gym.registry[env_id].entry_point
-            module, name = cls.split(":")
-            env_cls = getattr(__import__(module, fromlist=[name]), name)
-            assert spec.max_episode_steps == env_cls.default_config()["round_budget"]
+    modules = {"ClientSelection": "client_selection", "StepSize": "step_size"}
+    modules |= {"RoundTermination": "round_termination", "FullControl": "full_control"}
+    for base, module in modules.items():
+        for variant, presets in (("", ()), ("-Hard", ("hard",)), ("-Tiny", ("tiny",))):
+            spec = gym.spec(f"QFL/{base}{variant}-v0")
+            assert spec.entry_point == f"qflgym.envs.{module}:{base}Env"
+            assert spec.kwargs == {"presets": presets}
+            assert spec.max_episode_steps is None  # the env truncates at its config's budget
     qenvs.register_envs()  # idempotent
+
+
+@pytest.mark.parametrize("env_id", ["QFL/ClientSelection-Tiny-v0", "QFL/FullControl-Hard-v0"])
+def test_the_configs_round_budget_is_the_episode_length_and_the_specs_max_episode_steps(env_id):
+    default = gym.make(env_id)
+    budget = default.unwrapped.config.round_budget
+    assert default.spec.max_episode_steps == default.unwrapped.spec.max_episode_steps == budget
+    env = gym.make(env_id, config={"round_budget": budget + 4, "target_accuracy": None})
+    assert env.spec.max_episode_steps == budget + 4
+    assert gym.make(env.spec).spec.max_episode_steps == budget + 4  # re-made from its spec, same horizon
+    env.reset(seed=0)
+    keep_going = env.unwrapped.action_codec.encode(ControlDecision(selected=np.ones(env.unwrapped.n_clients, bool)))
+    for step in range(1, budget + 5):
+        _, _, terminated, truncated, _ = env.step(keep_going)
+        assert not terminated and truncated == (step == budget + 4)
+    limited = gym.make(env_id, max_episode_steps=2, config={"target_accuracy": None})
+    assert limited.spec.max_episode_steps == 2
+    limited.reset(seed=0)
+    assert [limited.step(keep_going)[3] for _ in range(2)] == [False, True]
 
 
 def test_make_with_module_prefix_and_config_override():
     env = gym.make("qflgym.envs:QFL/ClientSelection-Tiny-v0", config={"round_budget": 3})
     assert env.unwrapped.config.round_budget == 3
-    assert isinstance(env.unwrapped, qenvs.ClientSelectionTinyEnv)
+    assert isinstance(env.unwrapped, qenvs.ClientSelectionEnv)
+    assert env.unwrapped.presets == ("tiny",)
+    assert env.unwrapped.config.n_clients == 4
+
+
+@pytest.mark.parametrize("presets", ["tiny", ("tiny", 3)])
+def test_presets_must_be_a_sequence_of_names(presets):
+    with pytest.raises(ConfigError, match="presets"):
+        qenvs.ClientSelectionEnv(presets=presets)
+    with pytest.raises(ConfigError, match="allowed: client_selection"):
+        qenvs.ClientSelectionEnv(presets=("nope",))
 
 
 # --------------------------------------------------------------------------------------------- env checkers
@@ -299,7 +327,7 @@ def test_maskable_ppo_trains_on_the_selection_env():
 
 # ------------------------------------------------------------------------------------------------ episodes
 def test_env_truncates_at_the_round_budget_without_time_limit():
-    env = qenvs.ClientSelectionTinyEnv(config={"round_budget": 3, "target_accuracy": None})
+    env = qenvs.ClientSelectionEnv(config={"round_budget": 3, "target_accuracy": None}, presets=("tiny",))
     env.reset(seed=0)
     flags = [env.step(np.ones(4, dtype=np.int8))[2:4] for _ in range(3)]
     assert flags == [(False, False), (False, False), (False, True)]
@@ -347,7 +375,7 @@ def test_each_episode_draws_a_new_federation_unless_the_seed_is_fixed():
     [
         ({"observation": "image"}, ["observation", "flat", "dict"]),
         ({"round_budgett": 3}, ["round_budgett", "unknown field", "round_budget"]),
-        ({"selection_rule": "best"}, ["selection_rule", "random_k", "loss_greedy"]),
+        ({"selection_rule": "best"}, ["selection_rule", "random-k", "loss-greedy"]),
         ({"reward_weights": {"speed": 1.0}}, ["reward_weights", "speed", "accuracy_gain"]),
         ({"clients_per_round": 99}, ["clients_per_round", "n_clients=4"]),
         ({"federation": {"clients": {"n_client": 3}}}, ["federation.clients.n_client", "n_clients"]),

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
+from qflgym.config import ConfigError
 from qflgym.envs.rewards import BUILTIN_TERMS, REWARDS, RewardContext, reward_term
-from qflgym.qfl_core.config import ConfigError
 
 ENV_ID = "QFL/ClientSelection-Tiny-v0"
 ALL = np.ones(4, dtype=np.int8)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from qflgym.qfl_core import ConfigError, Federation, FederationConfig
+from qflgym.config import ConfigError
+from qflgym.qfl_core import Federation, FederationConfig
 
 SMALL = {"clients": {"n_clients": 6}, "data": {"max_samples": 300}}
 NOISY = {

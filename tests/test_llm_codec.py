@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qflgym.agents.llm.codec import ActionSpec, CodecConfig, TextCodec, format_number
-from qflgym.agents.llm.common import make_env
 from qflgym.agents.llm.grammar import ActionGrammar
+from qflgym.agents.runtime import make_env
 
 ENV_IDS = [
     "QFL/ClientSelection-Tiny-v0",

@@ -12,9 +12,9 @@ import torch
 
 from qflgym.agents.llm.adapters import ADAPTERS, AdapterConfig, AdapterUnavailable, resolve_adapter
 from qflgym.agents.llm.codec import TextCodec
-from qflgym.agents.llm.common import make_env
 from qflgym.agents.llm.models import MODELS, build_tiny_tokenizer, load_model
 from qflgym.agents.llm.policy import LLMPolicy, load_policy, save_policy
+from qflgym.agents.runtime import make_env
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,12 @@ import torch
 import yaml
 
 from qflgym.agents.llm.codec import TextCodec
-from qflgym.agents.llm.common import make_env
-from qflgym.agents.llm.grpo_config import LLMGRPOConfig
-from qflgym.agents.llm.grpo_trainer import LLMGRPOTrainer, StateBank, get_env_reward, get_format_reward
 from qflgym.agents.llm.models import load_model
-from qflgym.agents.llm.sft_config import LLMSFTConfig
-from qflgym.agents.llm.sft_trainer import completion_loss
+from qflgym.agents.llm.train.grpo_config import LLMGRPOConfig
+from qflgym.agents.llm.train.grpo_trainer import LLMGRPOTrainer, StateBank, get_env_reward, get_format_reward
+from qflgym.agents.llm.train.sft_config import LLMSFTConfig
+from qflgym.agents.llm.train.sft_trainer import completion_loss
+from qflgym.agents.runtime import make_env
 
 ENV = "QFL/ClientSelection-Tiny-v0"
 
@@ -28,7 +28,7 @@ ENV = "QFL/ClientSelection-Tiny-v0"
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory):
     """One distillation run through the CLI: ``qflgym llm sft`` (loss-greedy teacher, tiny model)."""
-    from qflgym.agents.cli import main
+    from qflgym.agents.cli.main import main
 
     out = tmp_path_factory.mktemp("llm")
     status = main(
@@ -45,7 +45,7 @@ def sft_run(tmp_path_factory):
 def test_sft_lowers_loss_on_a_fixed_batch(sft_run):
     from qflgym.agents.llm.policy import load_policy
 
-    for name in ("config.yaml", "command.txt", "versions.json", "data.jsonl", "metrics.json"):
+    for name in ("config.yaml", "command.txt", "run.json", "data.jsonl", "metrics.json"):
         assert (sft_run / name).is_file(), name
     config = yaml.safe_load((sft_run / "config.yaml").read_text())
     assert config["teacher"] == "loss-greedy" and config["max_steps"] == 30
@@ -133,7 +133,7 @@ def test_grpo_step_runs_and_saves_a_loadable_policy(tmp_path, sft_run):
 
     loaded = load_policy(result.policy_dir, make_env(ENV))  # the training dtype, LoRA merged
     assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
-    from qflgym.agents.cli import main
+    from qflgym.agents.cli.main import main
 
     assert main(["llm", "eval", "--policy", str(result.policy_dir), "--episodes", "1", "--torch-threads", "1",
                  "--json", str(tmp_path / "eval.json")]) == 0  # fmt: skip
@@ -142,7 +142,7 @@ def test_grpo_step_runs_and_saves_a_loadable_policy(tmp_path, sft_run):
 
 
 def test_llm_policy_runs_inside_bench(tmp_path, sft_run):
-    from qflgym.agents.benchmark import load_suite, run_suite
+    from qflgym.agents.bench import load_suite, run_suite
 
     suite = {
         "name": "llm-tiny",
@@ -165,7 +165,7 @@ def test_llm_policy_runs_inside_bench(tmp_path, sft_run):
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
-    from qflgym.agents.cli import main
+    from qflgym.agents.cli.main import main
 
     assert main(["llm", "eval", "--policy", str(tmp_path)]) == 2
     assert "not a saved LLM policy" in capsys.readouterr().err
@@ -189,7 +189,7 @@ def test_configs_validate():
 
 
 def test_teacher_is_evaluated_as_it_was_distilled():
-    from qflgym.agents.llm.common import teacher_options
+    from qflgym.agents.llm.train.rollout import teacher_options
 
     meta = {"teacher": "runs/ppo/x", "teacher_kwargs": {"algo": "ppo"}, "teacher_deterministic": False}
     assert teacher_options(meta, "runs/ppo/x") == ({"algo": "ppo"}, False)

@@ -46,6 +46,6 @@ def test_wheel_ships_configs(wheel):
 
 
 def test_installed_presets_resolve_through_package_resources():
-    from qflgym.qfl_core.config import preset_names
+    from qflgym.config import preset_names
 
     assert {"default", "qubits8", "noisy"} <= set(preset_names("federations"))

@@ -6,7 +6,8 @@ import numpy as np
 import pydantic
 import pytest
 
-from qflgym.qfl_core.config import ConfigError, PartitionConfig, build_config
+from qflgym.config import ConfigError, build_config
+from qflgym.qfl_core.config import PartitionConfig
 from qflgym.qfl_core.partition import (
     PARTITIONS,
     ClientDataStats,

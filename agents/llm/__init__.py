@@ -6,9 +6,9 @@ Importing this package is cheap (no torch/transformers import): it registers the
     make_controller("llm", env, path="runs/llm/sft/<run>/policy")      # a fine-tuned policy
     make_controller("llm", env, model="tiny")                          # an untrained base model
 
-Modules: :mod:`.codec` (prompt and grammar), :mod:`.grammar` (constrained decoding), :mod:`.models` (``MODELS``),
-:mod:`.adapters` (``ADAPTERS``), :mod:`.policy` (``LLMPolicy``), :mod:`.sft_trainer` / :mod:`.grpo_trainer`
-(with their ``*_config`` modules), :mod:`.cli` (``qflgym llm``).
+Modules: :mod:`.codec` (prompt and completion), :mod:`.grammar` (constrained decoding), :mod:`.models`
+(``MODELS``), :mod:`.adapters` (``ADAPTERS``), :mod:`.policy` (``LLMPolicy``), :mod:`.train` (TRL distillation
+and GRPO), :mod:`.cli` (``qflgym llm``).
 """
 
 from __future__ import annotations

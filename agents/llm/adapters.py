@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from qflgym.qfl_core.registry import Registry
+from qflgym.config import ConfigError
+from qflgym.registry import Registry
 
 __all__ = [
     "ADAPTERS",
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 
-class AdapterUnavailable(ValueError):
+class AdapterUnavailable(ConfigError):
     """The requested adapter cannot run on this machine (the message says why and what to use instead)."""
 
 

@@ -1,14 +1,15 @@
 """``qflgym llm``: distil (``sft``), RL fine-tune (``grpo``), evaluate (``eval``) and prepare LLM policies.
 
-Registered into the ``qflgym`` CLI through :data:`qflgym.agents.cli.COMMANDS` (this module is listed in its
-``COMMAND_MODULES``). :func:`add_llm_subcommands` adds the group to any ``argparse`` subparsers object, for tools
-that build their own parser. Options of ``sft`` and ``grpo`` are the fields of
-:class:`~qflgym.agents.llm.sft_config.LLMSFTConfig` and :class:`~qflgym.agents.llm.grpo_config.LLMGRPOConfig`
-(``--config FILE.yaml`` sets any of them; explicit flags win).
+Registered into the ``qflgym`` CLI through :data:`qflgym.agents.cli.commands.COMMANDS` (this module is listed in
+:data:`qflgym.agents.cli.main.COMMAND_MODULES`). :func:`add_llm_subcommands` adds the group to any ``argparse``
+subparsers object, for tools that build their own parser. Options of ``sft`` and ``grpo`` are the fields of
+:class:`~qflgym.agents.llm.train.sft_config.LLMSFTConfig` and
+:class:`~qflgym.agents.llm.train.grpo_config.LLMGRPOConfig` (``--config FILE.yaml`` sets any of them; explicit
+flags win).
 
 Examples::
 
-    qflgym llm prepare                                      # convert Gemma-3 270M once (about a minute)
+    qflgym llm prepare                                      # convert Gemma-3 270M once (cached)
     qflgym llm sft --env-id QFL/ClientSelection-v0 --teacher runs/ppo/<run> --model gemma3-270m
     qflgym llm grpo --init-policy runs/llm/sft/<run>/policy --max-steps 50
     qflgym llm eval --policy runs/llm/grpo/<run>/policy --episodes 5
@@ -18,26 +19,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_llm_subcommands", "configure", "main"]
+from qflgym.agents.cli.args import cell, console, mapping_arg, metrics_table, nan_mean
+from qflgym.agents.cli.commands import COMMANDS, Command, UserInputError
+
+__all__ = ["COMMAND", "add_llm_subcommands", "configure"]
 
 
 def _configure_sft(p: argparse.ArgumentParser) -> None:
-    from qflgym.agents.llm.common import add_dataclass_arguments
-    from qflgym.agents.llm.sft_config import LLMSFTConfig
+    from qflgym.agents.llm.train.cli_args import add_dataclass_arguments
+    from qflgym.agents.llm.train.sft_config import LLMSFTConfig
 
     add_dataclass_arguments(p, LLMSFTConfig)
     p.set_defaults(run=_run_sft)
 
 
 def _configure_grpo(p: argparse.ArgumentParser) -> None:
-    from qflgym.agents.llm.common import add_dataclass_arguments
-    from qflgym.agents.llm.grpo_config import LLMGRPOConfig
+    from qflgym.agents.llm.train.cli_args import add_dataclass_arguments
+    from qflgym.agents.llm.train.grpo_config import LLMGRPOConfig
 
     add_dataclass_arguments(p, LLMGRPOConfig)
     p.set_defaults(run=_run_grpo)
@@ -106,30 +109,41 @@ def add_llm_subcommands(subparsers: Any) -> argparse.ArgumentParser:
 
 # -------------------------------------------------------------------------------------------------- runners
 def _run_sft(args: argparse.Namespace) -> int:
-    from qflgym.agents.llm.common import dataclass_from_args
-    from qflgym.agents.llm.sft_config import LLMSFTConfig
-    from qflgym.agents.llm.sft_trainer import LLMSFTTrainer
+    from qflgym.agents.llm.train.sft_config import LLMSFTConfig
+    from qflgym.agents.llm.train.sft_trainer import LLMSFTTrainer
 
-    cfg = dataclass_from_args(LLMSFTConfig, args)
-    result = LLMSFTTrainer(cfg).train()
-    print(f"pairs {result.n_pairs}  teacher return {result.teacher_return:.4f}  s/step {result.s_per_step:.3f}")
-    if result.losses:
-        print(f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}")
-    _print_evaluation(result.evaluation)
-    print(f"policy saved to {result.policy_dir}")
-    return 0
+    return _train(
+        LLMSFTConfig,
+        LLMSFTTrainer,
+        args,
+        lambda r: [
+            f"pairs {r.n_pairs}  teacher return {r.teacher_return:.4f}  s/step {r.s_per_step:.3f}",
+            *([f"loss {r.losses[0]:.4f} -> {r.losses[-1]:.4f}"] if r.losses else []),
+        ],
+    )
 
 
 def _run_grpo(args: argparse.Namespace) -> int:
-    from qflgym.agents.llm.common import dataclass_from_args
-    from qflgym.agents.llm.grpo_config import LLMGRPOConfig
-    from qflgym.agents.llm.grpo_trainer import LLMGRPOTrainer
+    from qflgym.agents.llm.train.grpo_config import LLMGRPOConfig
+    from qflgym.agents.llm.train.grpo_trainer import LLMGRPOTrainer
 
-    cfg = dataclass_from_args(LLMGRPOConfig, args)
-    result = LLMGRPOTrainer(cfg).train()
-    print(f"states {result.n_states}  s/step {result.s_per_step:.3f}")
-    if result.rewards:
-        print(f"reward {result.rewards[0]:.4f} -> {result.rewards[-1]:.4f}")
+    return _train(
+        LLMGRPOConfig,
+        LLMGRPOTrainer,
+        args,
+        lambda r: [
+            f"states {r.n_states}  s/step {r.s_per_step:.3f}",
+            *([f"reward {r.rewards[0]:.4f} -> {r.rewards[-1]:.4f}"] if r.rewards else []),
+        ],
+    )
+
+
+def _train(config_cls: type, trainer_cls: type, args: argparse.Namespace, lines: Callable[[Any], list[str]]) -> int:
+    """Train from the command line's config, print ``lines(result)``, the evaluation and where the policy is."""
+    from qflgym.agents.llm.train.cli_args import dataclass_from_args
+
+    result = trainer_cls(dataclass_from_args(config_cls, args)).train()
+    print("\n".join(lines(result)))
     _print_evaluation(result.evaluation)
     print(f"policy saved to {result.policy_dir}")
     return 0
@@ -143,18 +157,15 @@ def _print_evaluation(evaluation: dict[str, dict[str, float]]) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
-    from rich.console import Console
-    from rich.table import Table
 
     from qflgym.agents.evaluation import evaluate
-    from qflgym.agents.llm.common import make_env, make_teacher, teacher_options
     from qflgym.agents.llm.policy import POLICY_META, LLMPolicy, load_policy
-    from qflgym.agents.sb3_training import check_env_id
+    from qflgym.agents.llm.train.rollout import make_teacher, teacher_options
+    from qflgym.agents.runtime import check_env_id, make_env
 
     if args.episodes < 1:
-        raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+        raise UserInputError(f"--episodes must be >= 1, got {args.episodes}")
     torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
     meta: dict[str, Any] = {}
     if args.policy:
@@ -164,13 +175,11 @@ def _run_eval(args: argparse.Namespace) -> int:
         meta = json.loads(meta_path.read_text())
     env_id = args.env or meta.get("env_id")
     if not env_id:
-        raise ValueError("--env is required with --model")
+        raise UserInputError("--env is required with --model")
     check_env_id(env_id)
     env_config = meta.get("env_config") or {}
     if args.env_config:
-        from qflgym.agents.cli import _mapping_arg
-
-        env_config = _mapping_arg(args.env_config, "--env-config")
+        env_config = mapping_arg(args.env_config, "--env-config")
     env = make_env(env_id, env_config)
     options = {"constrained": not args.free}
     if args.policy:
@@ -187,30 +196,23 @@ def _run_eval(args: argparse.Namespace) -> int:
         teacher = make_teacher(args.teacher, env, seed=args.seed, kwargs=kwargs)
         teacher_rows = evaluate(env, teacher, seeds, deterministic=deterministic)
     env.close()
-    columns = [
+    columns = (
         ("return", "return", "{:.3f}"),
         ("final_accuracy", "final acc", "{:.3f}"),
         ("rounds", "rounds", "{:.0f}"),
         ("rounds_to_target", "rounds→target", "{:.1f}"),
         ("invalid_rate", "invalid", "{:.3f}"),
         ("decision_latency_s", "s/decision", "{:.3f}"),
-    ]
-    table = Table(title=f"{label} on {env_id} ({len(seeds)} episodes, seeds {seeds[0]}..{seeds[-1]})")
-    table.add_column("controller")
-    for _, header, _ in columns:
-        table.add_column(header, justify="right")
-
-    def mean(rs: list[dict[str, float]], key: str) -> float:
-        vals = np.array([r.get(key, math.nan) for r in rs], dtype=float)
-        return float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
-
-    summary = {"llm": {k: mean(rows, k) for k, _, _ in columns}}
+    )
+    title = f"{label} on {env_id} ({len(seeds)} episodes, seeds {seeds[0]}..{seeds[-1]})"
+    table = metrics_table(title, columns, first="controller")
+    summary = {"llm": {k: nan_mean(rows, k) for k, _, _ in columns}}
     summary["llm"]["invalid_rate_total"] = policy.invalid_rate
     if teacher_rows:
-        summary["teacher"] = {k: mean(teacher_rows, k) for k, _, _ in columns}
+        summary["teacher"] = {k: nan_mean(teacher_rows, k) for k, _, _ in columns}
     for who, values in summary.items():
-        table.add_row(who, *["–" if values[k] != values[k] else fmt.format(values[k]) for k, _, fmt in columns])
-    Console().print(table)
+        table.add_row(who, *(cell(values[k], fmt) for k, _, fmt in columns))
+    console().print(table)
     print(f"invalid rate over all decisions: {policy.invalid_rate:.4f}")
     if args.json_path:
         Path(args.json_path).write_text(
@@ -244,33 +246,15 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register() -> None:
-    try:
-        from qflgym.agents.cli import COMMANDS, Command
-    except ImportError:
-        return
-    if "llm" not in COMMANDS:
-        COMMANDS.add(
-            "llm",
-            Command(
-                "llm",
-                "LLM policies: distil (sft), RL fine-tune (grpo), evaluate (eval), prepare models",
-                configure,
-                None,
-                __doc__.split("\n\n")[0] if __doc__ else None,
-            ),
-        )
+#: The ``llm`` command group (plain text: argparse prints it as it is).
+COMMAND = Command(
+    "llm",
+    "LLM policies: distil (sft), RL fine-tune (grpo), evaluate (eval), prepare models",
+    configure,
+    None,
+    "qflgym llm: distil a controller into an LLM policy (sft), fine-tune it in the env loop (grpo), evaluate it "
+    "(eval), and prepare or list the packaged models (prepare, models).",
+)
 
-
-_register()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``qflgym llm ...`` directly (``python -m qflgym.agents.llm.cli sft ...``)."""
-    from qflgym.agents.cli import main as qflgym_main
-
-    return qflgym_main(["llm", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if COMMAND.name not in COMMANDS:
+    COMMANDS.add(COMMAND.name, COMMAND)

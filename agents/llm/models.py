@@ -36,7 +36,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch
 
-from qflgym.qfl_core.registry import Registry
+from qflgym.registry import Registry
 
 __all__ = [
     "DTYPES",

@@ -52,8 +52,8 @@ from typing_extensions import override
 
 from qflgym.agents.policies.selection_mode import expected_count_distribution
 from qflgym.agents.policies.set_encoder import ClientSetExtractor, ClientSplit
-from qflgym.qfl_core.config import ConfigError, StrictModel, build_config, registered_name
-from qflgym.qfl_core.registry import Registry
+from qflgym.config import ConfigError, StrictModel, build_config, registered_name
+from qflgym.registry import Registry
 
 __all__ = [
     "POLICIES",

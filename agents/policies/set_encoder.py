@@ -32,7 +32,7 @@ from torch import nn
 from typing_extensions import override
 
 from qflgym.envs.observation import CLIENT_FEATURES, GLOBAL_FEATURES
-from qflgym.qfl_core.registry import Registry
+from qflgym.registry import Registry
 
 __all__ = ["POOLINGS", "ClientSetExtractor", "ClientSplit", "DeepSetsPooling", "SelfAttentionPooling", "SetPooling"]
 

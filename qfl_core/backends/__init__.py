@@ -14,7 +14,7 @@ from qflgym.qfl_core.backends.pennylane_backend import PennyLaneBackend
 from qflgym.qfl_core.backends.torch_backend import TorchBackend
 from qflgym.qfl_core.circuits import CircuitSpec
 from qflgym.qfl_core.config import BackendConfig
-from qflgym.qfl_core.registry import Registry
+from qflgym.registry import Registry
 
 #: Backend classes by name; each is constructed as ``cls(spec, config)``.
 BACKENDS: Registry[type[Backend]] = Registry("backend", entry_point_group="qflgym.backends")

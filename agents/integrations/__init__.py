@@ -1,0 +1,1 @@
+"""Integrations of qflgym controllers and federations with federated-learning frameworks (Flower)."""
