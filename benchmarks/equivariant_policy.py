@@ -30,8 +30,8 @@ import numpy as np
 
 import qflgym.envs  # noqa: F401
 from qflgym.agents.controllers import make_controller
-from qflgym.agents.evaluation import evaluate
 from qflgym.agents.controllers.sb3 import SB3Controller
+from qflgym.agents.evaluation import evaluate
 from qflgym.agents.training.sb3 import train
 
 ENV_ID = "QFL/ClientSelection-v0"

@@ -15,7 +15,6 @@ from stable_baselines3.common.utils import ConstantSchedule
 import qflgym.envs
 from qflgym.agents.controllers import make_controller
 from qflgym.agents.evaluation import evaluate
-from qflgym.agents.training.hyperparams import default_hyperparams_path, resolve
 from qflgym.agents.policies import (
     POOLINGS,
     EquivariantActorCriticPolicy,
@@ -26,9 +25,10 @@ from qflgym.agents.policies import (
     resolve_policy,
 )
 from qflgym.agents.policies.selection_mode import top_expected_count
+from qflgym.agents.training.hyperparams import default_hyperparams_path, resolve
 from qflgym.agents.training.sb3 import train
-from qflgym.envs.observation import ObservationLayout
 from qflgym.config import ConfigError
+from qflgym.envs.observation import ObservationLayout
 
 N = 5
 LAYOUT = ObservationLayout(N)
