@@ -96,13 +96,23 @@ def make_vec_env(
 ) -> Any:
     """SB3's ``make_vec_env`` for a qflgym id: ``n_envs`` Monitor-wrapped envs seeded ``seed + i``.
 
-    With ``vec_env="subproc"`` every worker process limits itself to ``threads`` torch/BLAS threads.
+    With ``vec_env="subproc"`` every worker process limits itself to ``threads`` torch/BLAS threads;
+    ``vec_env="batched"`` steps all envs in one process with their rounds batched
+    (:class:`qflgym.envs.sb3_vec_env.BatchedVecEnv` in ``VecMonitor``).
     """
     from functools import partial
 
     from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
+    if vec_env == "batched":  # one process, every sub-env's round in shared simulator calls
+        from stable_baselines3.common.vec_env import VecMonitor
+
+        from qflgym.envs.sb3_vec_env import BatchedVecEnv
+
+        batched = BatchedVecEnv(env_id, n_envs, env_config)
+        batched.seed(seed)
+        return VecMonitor(batched)
     subproc = vec_env == "subproc"
     factory = partial(make_thread_limited_env, env_id, dict(env_config or {}), threads if subproc else None)
     return sb3_make_vec_env(

@@ -15,17 +15,24 @@ fastest repetition of each is kept (the usual ``timeit`` practice on a shared ma
 
 Targets: >= 500 steps/s for ``QFL/ClientSelection-v0`` and an overhead <= 10%.
 
+With ``--vector B [B ...]`` it measures batched federations instead: ``gym.make_vec(id, num_envs=B,
+vectorization_mode="vector_entry_point")`` with random actions and autoresets (new federations included),
+in ``--processes P`` worker processes at once (one per core), each pinned to one torch thread; reported are
+env steps/s in all, per process (core), and each process's peak RSS.
+
 Usage::
 
     python benchmarks/env_speed.py                 # every id, ~8 s of stepping per id
     python benchmarks/env_speed.py --quick         # under 60 s in all
     python benchmarks/env_speed.py --json runs/env_speed.json --ids QFL/ClientSelection-v0
+    python benchmarks/env_speed.py --vector 1 8 32 128 --processes 2 --ids QFL/ClientSelection-v0
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +41,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernel_peers import peak_rss_gib
 
 import qflgym.envs  # noqa: F401  (registers the ids)
 from qflgym.envs import ENV_IDS
@@ -158,12 +168,77 @@ def measure(env_id: str, seconds: float, repeats: int, max_steps: int) -> dict[s
     }
 
 
+def vector_worker(env_id: str, num_envs: int, seconds: float, seed: int) -> dict[str, float]:
+    """Random actions through the vector env for about ``seconds`` (after a warm-up step); one process."""
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
+        env.action_space.seed(seed)
+        env.reset(seed=seed)
+        env.step(env.action_space.sample())
+        steps, resets, start = 0, 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or steps < 2 * num_envs:
+            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            steps += num_envs
+            resets += int(np.count_nonzero(terminated | truncated))
+        elapsed = time.perf_counter() - start
+    return {"steps_per_s": steps / elapsed, "steps": steps, "episodes_ended": resets, "peak_rss_gib": peak_rss_gib()}
+
+
+def measure_vector(env_id: str, num_envs: int, processes: int, seconds: float) -> dict[str, float]:
+    """Run :func:`vector_worker` in ``processes`` processes at once; sum their speeds."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
+        runs = list(pool.map(vector_worker, [env_id] * processes, [num_envs] * processes, [seconds] * processes,
+                             [1000 * p for p in range(processes)]))
+    total = sum(r["steps_per_s"] for r in runs)
+    return {
+        "num_envs": num_envs,
+        "processes": processes,
+        "steps_per_s": total,
+        "steps_per_s_per_process": total / processes,
+        "peak_rss_gib": max(r["peak_rss_gib"] for r in runs),
+        "steps": sum(r["steps"] for r in runs),
+        "episodes_ended": sum(r["episodes_ended"] for r in runs),
+    }
+
+
+def main_vector(ids: list[str], sizes: list[int], processes: int, seconds: float, out: Path | None) -> int:
+    """The ``--vector`` table."""
+    print(
+        f"{'env id':28s} {'B':>4s} {'procs':>5s} {'steps/s':>9s} {'per proc':>9s} {'peak RSS GiB':>12s} "
+        f"{'episodes':>8s}"
+    )
+    results: dict[str, list[dict[str, float]]] = {}
+    for env_id in ids:
+        for b in sizes:
+            r = measure_vector(env_id, b, processes, seconds)
+            results.setdefault(env_id, []).append(r)
+            print(
+                f"{env_id:28s} {b:4d} {processes:5d} {r['steps_per_s']:9.0f} {r['steps_per_s_per_process']:9.0f} "
+                f"{r['peak_rss_gib']:12.2f} {r['episodes_ended']:8d}",
+                flush=True,
+            )
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"vector": results}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs (under 60 s in all)")
     parser.add_argument("--ids", nargs="*", default=None, help="env ids (default: every registered id)")
     parser.add_argument("--json", type=Path, default=None, help='write {"envs": {id: figures}} here')
+    parser.add_argument("--vector", type=int, nargs="*", default=None, help="batched envs of these sizes B")
+    parser.add_argument("--processes", type=int, default=1, help="--vector: worker processes at once (one per core)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="--vector: seconds of stepping per size")
     args = parser.parse_args(argv)
+    if args.vector:
+        seconds = 3.0 if args.quick else args.seconds
+        return main_vector(args.ids or ["QFL/ClientSelection-v0"], args.vector, args.processes, seconds, args.json)
     torch.set_num_threads(1)
     ids = args.ids or list(ENV_IDS)
     seconds, repeats, max_steps = (0.6, 2, 300) if args.quick else (4.0, 3, 3000)

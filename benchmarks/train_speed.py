@@ -48,7 +48,9 @@ def _env_steps_per_second(env_id: str, steps: int) -> float:
     return steps / elapsed
 
 
-def ppo_steps_per_second(env_id: str, steps: int, n_envs: int, vec_env: str, torch_threads: int | None) -> dict:
+def ppo_steps_per_second(
+    env_id: str, steps: int, n_envs: int, vec_env: str, torch_threads: int | None, overrides: dict | None = None
+) -> dict:
     """Train PPO for ``steps`` env steps and return its throughput."""
     with tempfile.TemporaryDirectory() as tmp:
         result = train(
@@ -65,6 +67,7 @@ def ppo_steps_per_second(env_id: str, steps: int, n_envs: int, vec_env: str, tor
                 "progress": False,
                 "tensorboard": False,
                 "torch_threads": torch_threads,
+                "overrides": overrides or {},
             },
             argv=["benchmarks/train_speed.py"],
         )
@@ -87,14 +90,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2048 steps per configuration")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch/BLAS threads per process (default 1)")
     parser.add_argument("--json", dest="json_path", help="write the results as JSON to this path")
+    parser.add_argument(
+        "--batched",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also B batched envs (--vec-env batched; n_steps scaled to keep 1024 steps per rollout)",
+    )
     args = parser.parse_args()
     steps = args.steps or (2048 if args.quick else 8192)
 
     raw = env_steps_per_second(args.env, min(steps, 2000), args.torch_threads)
     print(f"{args.env}: raw env {raw:.0f} steps/s (random actions)")
     rows = []
-    for n_envs, vec_env in ((1, "dummy"), (2, "dummy"), (2, "subproc")):
-        row = ppo_steps_per_second(args.env, steps, n_envs, vec_env, args.torch_threads)
+    configs = [(1, "dummy"), (2, "dummy"), (2, "subproc")] + [(b, "batched") for b in args.batched]
+    for n_envs, vec_env in configs:
+        overrides = {"n_steps": max(8, 1024 // n_envs), "batch_size": 128} if vec_env == "batched" else None
+        row = ppo_steps_per_second(args.env, steps, n_envs, vec_env, args.torch_threads, overrides)
         rows.append(row)
         verdict = "meets" if row["meets_target"] else "MISSES"
         print(

@@ -246,18 +246,42 @@ class QFLEnv(Snapshots, gym.Env, ABC):
             ValueError: If ``action`` is not in the action space (the message names the space).
             RuntimeError: If called before ``reset`` or after the episode ended.
         """
+        decision, prev_acc, prev_loss = self.begin_step(action)
+        report = None
+        if not decision.stop:
+            report = self.federation.run_round(decision.selected, decision.lr, decision.local_steps)
+        return self.end_step(decision, prev_acc, prev_loss, report)
+
+    def begin_step(self, action: Any) -> tuple[ControlDecision, float, float]:
+        """First half of :meth:`step`: decode ``action`` and fill the knobs it leaves open.
+
+        Returns the resolved decision (every field set unless it stops) and the validation accuracy and loss
+        before the round. The round itself (``federation.run_round`` with the decision, unless it stops) and
+        :meth:`end_step` complete the step; a vectorized env runs the rounds of many envs in one batch between
+        the two halves.
+        """
         if self.federation is None:
             raise RuntimeError(f"{type(self).__name__}: call reset() before step()")
         if self._episode_over:
             raise RuntimeError(f"{type(self).__name__}: the episode has ended; call reset()")
         decision = self.action_codec.decode(action)
         self._steps += 1
-        prev_acc, prev_loss = self._val_acc, self._val_loss
         if decision.stop:
-            report = None
-            self.last_decision = decision
-        else:
-            report = self._run_round(decision)
+            return decision, self._val_acc, self._val_loss
+        selected = decision.selected
+        if selected is None:
+            selected = self._selection_rule(self.client_state, self._k, self.np_random)
+        lr = self._fixed_lr if decision.lr is None else decision.lr
+        steps = self._fixed_steps if decision.local_steps is None else decision.local_steps
+        return ControlDecision(selected=selected, lr=lr, local_steps=steps, stop=False), self._val_acc, self._val_loss
+
+    def end_step(
+        self, decision: ControlDecision, prev_acc: float, prev_loss: float, report: RoundReport | None
+    ) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """Second half of :meth:`step`: book the round's ``report`` (``None`` when stopping); returns step's tuple."""
+        self.last_decision = decision
+        if report is not None:
+            self._apply_report(report, decision.selected)
         self.last_report = report
         reached_now = self._target is not None and not self._reached and self._val_acc >= self._target
         self._reached = self._reached or reached_now
@@ -269,18 +293,6 @@ class QFLEnv(Snapshots, gym.Env, ABC):
         obs = self._observation()
         self._history.append(self._record(report, reward, decision.stop))
         return obs, reward, terminated, truncated, self._info(report, decision.stop, terms)
-
-    def _run_round(self, decision: ControlDecision) -> RoundReport:
-        """Fill the knobs the controller left open from the config, run the round and book its report."""
-        selected = decision.selected
-        if selected is None:
-            selected = self._selection_rule(self.client_state, self._k, self.np_random)
-        lr = self._fixed_lr if decision.lr is None else decision.lr
-        steps = self._fixed_steps if decision.local_steps is None else decision.local_steps
-        report = self.federation.run_round(selected, lr, steps)
-        self.last_decision = ControlDecision(selected=selected, lr=lr, local_steps=steps, stop=False)
-        self._apply_report(report, selected)
-        return report
 
     def _rewards(
         self, report: RoundReport | None, stopped: bool, reached_now: bool, prev_acc: float, prev_loss: float

@@ -94,6 +94,14 @@ class ClientSelectionEnv(QFLEnv):
     * v0: Initial version (`configs/envs/client_selection.yaml`). Before release the observation of every
       env gained per-client label-distribution features (`label_frac_0..9`). A variant with more local
       steps, a higher target and a larger round cost was measured and not adopted (see docs/results.md).
+    * v1 (`QFL/ClientSelection-v1`, `-Hard`, `-Large` (120 clients), `-Tiny`; presets `client_selection_v1`,
+      `hard_v1`, `large_v1`, `tiny_v1`) over `configs/envs/v1.yaml`: the QPU federation
+      `configs/federations/qpu.yaml` (24 clients, Dirichlet 0.3, finite shots, readout error, latencies over two
+      orders of magnitude, availability 0.6-1), the v1 observation (`step_time`, `step_shot_cost` per client,
+      `cost_spent`) and the operator's cost (wall time + `shot_price` x shots, in `info["cost"]`, objective in
+      `info["objective"]`). Objective `cost_to_target`: the cost until 0.8 validation accuracy, censored at
+      `cost_budget`; actions are top-k scores (`selection_budget`), so cohorts are compared at a bounded size;
+      reward `accuracy_gain - 0.1 cost / cost_scale + target_bonus`. v0 is unchanged.
     """
 
     @classmethod

@@ -62,6 +62,12 @@ class FullControlEnv(QFLEnv):
     ## Version History
 
     * v0: Initial version.
+    * v1 (`QFL/FullControl-v1`, `-Hard`, `-Tiny`; preset `full_control_v1`) over `configs/envs/v1.yaml`: the QPU
+      federation `configs/federations/qpu.yaml` (24 clients, Dirichlet 0.3, finite shots, readout error, latencies
+      over two orders of magnitude, availability 0.6-1), the v1 observation (`step_time`, `step_shot_cost` per
+      client, `cost_spent`) and the operator's cost (wall time + `shot_price` x shots, in `info["cost"]`,
+      objective in `info["objective"]`). Objective `error_plus_cost`, as RoundTermination-v1, with selection and
+      step size controlled too. v0 is unchanged.
     """
 
     @classmethod

@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import gymnasium as gym
 
+from .vector import vector_entry_point
+
 __all__ = ["ENV_IDS", "REGISTRATIONS", "EnvRegistration", "register_envs"]
 
 
@@ -70,4 +72,9 @@ def register_envs() -> None:
     """Register every row of :data:`REGISTRATIONS` (idempotent)."""
     for r in REGISTRATIONS:
         if r.id not in gym.registry:
-            gym.register(id=r.id, entry_point=r.entry_point, kwargs={"presets": r.presets})
+            gym.register(
+                id=r.id,
+                entry_point=r.entry_point,
+                vector_entry_point=vector_entry_point(r.entry_point),
+                kwargs={"presets": r.presets},
+            )

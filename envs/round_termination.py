@@ -53,6 +53,13 @@ class RoundTerminationEnv(QFLEnv):
     ## Version History
 
     * v0: Initial version.
+    * v1 (`QFL/RoundTermination-v1`, `-Hard`, `-Tiny`; preset `round_termination_v1`) over `configs/envs/v1.yaml`:
+      the QPU federation `configs/federations/qpu.yaml` (24 clients, Dirichlet 0.3, finite shots, readout error,
+      latencies over two orders of magnitude, availability 0.6-1), the v1 observation (`step_time`,
+      `step_shot_cost` per client, `cost_spent`) and the operator's cost (wall time + `shot_price` x shots, in
+      `info["cost"]`, objective in `info["objective"]`). Objective `error_plus_cost` = (1 - final test accuracy) +
+      `cost_weight` x cost / `cost_scale`; the reward telescopes to its negative (validation instead of test
+      accuracy). v0 is unchanged.
     """
 
     @classmethod

@@ -64,6 +64,12 @@ class StepSizeEnv(QFLEnv):
     ## Version History
 
     * v0: Initial version.
+    * v1 (`QFL/StepSize-v1`, `-Hard`, `-Tiny`; preset `step_size_v1`) over `configs/envs/v1.yaml`: the QPU
+      federation `configs/federations/qpu.yaml` (24 clients, Dirichlet 0.3, finite shots, readout error, latencies
+      over two orders of magnitude, availability 0.6-1), the v1 observation (`step_time`, `step_shot_cost` per
+      client, `cost_spent`) and the operator's cost (wall time + `shot_price` x shots, in `info["cost"]`,
+      objective in `info["objective"]`). Objective `cost_to_target`; a round carries 1 s of server time
+      (communication), local steps 1-8. v0 is unchanged.
     """
 
     @classmethod

@@ -18,19 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .backends.base import Backend, ClientNoise
 from .circuits import CircuitSpec
 from .config import ClientsConfig, PerClient, TrainingConfig
+from .losses import masked_cross_entropy
 from .optim import OPTIMIZERS
 from .strategies import FitConfig
-
-
-def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy per row over its unmasked samples: logits ``[R, B, K]``, y and mask ``[R, B]`` -> ``[R]``."""
-    ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
-    return (ce * mask).sum(1) / mask.sum(1)
 
 
 @dataclass(frozen=True)
@@ -218,38 +212,86 @@ class ClientPool:
 
         Every client starts from the global model with a fresh optimizer, runs ``fit.local_steps`` minibatch
         steps on its own data (without replacement within a step), and adds FedProx's proximal term when
-        ``fit.proximal_mu > 0``.
+        ``fit.proximal_mu > 0``. (:func:`qflgym.qfl_core.batched.train_jointly` runs several
+        :class:`LocalTraining` of several federations in shared backend calls.)
         """
-        rows = torch.as_tensor(client_ids, dtype=torch.long)
-        noise = self.noise(client_ids)
-        params = global_params.expand(len(client_ids), -1).clone()
-        optimizer = self.optimizer_cls(params, fit.lr)
-        first_batch = None
-        loss_before = None
-        for _ in range(fit.local_steps):
-            batch = self._sample_batch(rows, generator)
-            params.requires_grad_(True)
-            loss = self.loss(params, *batch, noise, generator)
-            objective = loss.sum()
-            if fit.proximal_mu > 0:
-                objective = objective + 0.5 * fit.proximal_mu * (params - global_params).pow(2).sum()
-            (grad,) = torch.autograd.grad(objective, params)
-            if first_batch is None:
-                first_batch, loss_before = batch, loss.detach()
-            params = optimizer.step(params.detach(), grad)
-        assert first_batch is not None and loss_before is not None
-        per_step = np.minimum(self.sizes[client_ids], self._batch)
-        samples = per_step * fit.local_steps
-        executions = samples * self._executions_per_sample
+        training = LocalTraining(self, global_params, client_ids, fit, generator)
+        while not training.done:
+            batch = training.next_batch()
+            training.apply(batch, *self.backend.loss_and_grad(training.params, *batch, training.noise, generator))
+        return training.result()
+
+
+class LocalTraining:
+    """One round of local training of some clients of a :class:`ClientPool`, one minibatch step at a time.
+
+    Args:
+        pool: The clients' pool.
+        global_params: ``[P]`` the global model every client starts from.
+        client_ids: The clients that train.
+        fit: The server's instructions (lr, local steps, proximal term).
+        generator: The federation's generator (minibatches are drawn from it).
+    """
+
+    def __init__(
+        self,
+        pool: ClientPool,
+        global_params: torch.Tensor,
+        client_ids: np.ndarray,
+        fit: FitConfig,
+        generator: torch.Generator,
+    ) -> None:
+        self.pool = pool
+        self.global_params = global_params
+        self.client_ids = client_ids
+        self.fit = fit
+        self.generator = generator
+        self.rows = torch.as_tensor(client_ids, dtype=torch.long)
+        self.noise = pool.noise(client_ids)
+        self.params = global_params.expand(len(client_ids), -1).clone()
+        self.optimizer = pool.optimizer_cls(self.params, fit.lr)
+        self.steps_done = 0
+        self.first_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.loss_before: torch.Tensor | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once every local step has run."""
+        return self.steps_done >= self.fit.local_steps
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draw the next minibatch ``(x [C, B, Q], y [C, B], mask [C, B])`` of every training client."""
+        return self.pool._sample_batch(self.rows, self.generator)
+
+    def apply(
+        self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], loss: torch.Tensor, grad: torch.Tensor
+    ) -> None:
+        """One optimizer step from the clients' ``loss [C]`` and ``grad [C, P]`` on ``batch``."""
+        fit = self.fit
+        if fit.proximal_mu > 0:  # the gradient of 0.5 * mu * |params - global|^2
+            grad = grad + fit.proximal_mu * (self.params - self.global_params)
+        if self.first_batch is None:
+            self.first_batch, self.loss_before = batch, loss
+        self.params = self.optimizer.step(self.params, grad)
+        self.steps_done += 1
+
+    def result(self) -> FitResult:
+        """The outcome once :attr:`done`."""
+        if not self.done or self.first_batch is None or self.loss_before is None:
+            raise RuntimeError(f"local training ran {self.steps_done} of {self.fit.local_steps} steps")
+        pool, ids = self.pool, self.client_ids
+        per_step = np.minimum(pool.sizes[ids], pool.batch)
+        samples = per_step * self.fit.local_steps
+        executions = samples * pool._executions_per_sample
         return FitResult(
-            client_ids=client_ids,
-            params=params,
-            loss_before=loss_before,
-            first_batch=first_batch,
-            noise=noise,
-            num_examples=self._sizes[rows],
+            client_ids=ids,
+            params=self.params,
+            loss_before=self.loss_before,
+            first_batch=self.first_batch,
+            noise=self.noise,
+            num_examples=pool._sizes[self.rows],
             samples_used=samples,
             circuit_executions=executions,
-            shots_used=executions * self._shots[client_ids],
-            wall_time_s=executions * self._latency[client_ids],
+            shots_used=executions * pool._shots[ids],
+            wall_time_s=executions * pool._latency[ids],
         )

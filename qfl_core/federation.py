@@ -30,10 +30,12 @@ from qflgym.config import ConfigError
 
 from .backends import make_backend
 from .backends.base import ClientNoise
+from .batched import EvalInput, logits_jointly, train_jointly
 from .circuits import CircuitSpec
-from .clients import ClientPool, DeviceProfile, FitResult, draw_profiles, masked_cross_entropy
+from .clients import ClientPool, DeviceProfile, FitResult, LocalTraining, draw_profiles
 from .config import FederationConfig
 from .data import DataSplits, load_splits
+from .losses import masked_cross_entropy
 from .partition import ClientDataStats, client_statistics, partition
 from .strategies import STRATEGIES
 
@@ -80,6 +82,24 @@ class RoundReport:
     wall_time_s: float
     global_update_norm: float
     clients: tuple[ClientReport, ...]
+
+
+@dataclass
+class RoundPlan:
+    """A validated round request of one federation and its local training (see :func:`run_rounds`)."""
+
+    ids: np.ndarray
+    participants: np.ndarray
+    dropped: np.ndarray
+    lr: float
+    local_steps: int
+    training: LocalTraining | None
+    previous: torch.Tensor | None = None
+    """The global model before aggregation (set by :meth:`Federation.aggregate`)."""
+
+
+RoundRequest = tuple[Sequence[int] | np.ndarray, float | None, int | None]
+"""``(selected, lr, local_steps)`` as :meth:`Federation.run_round` takes them."""
 
 
 FederationLike = FederationConfig | Mapping[str, Any] | str
@@ -208,6 +228,12 @@ class Federation:
         Raises:
             ValueError: Naming the argument and the allowed values when one is out of range.
         """
+        return run_rounds([self], [(selected, lr, local_steps)])[0]
+
+    def plan_round(
+        self, selected: Sequence[int] | np.ndarray, lr: float | None = None, local_steps: int | None = None
+    ) -> RoundPlan:
+        """Validate a round's request and start its local training (see :func:`run_rounds`)."""
         ids = self._selection(selected)
         lr = self.default_lr if lr is None else float(lr)
         if not (math.isfinite(lr) and lr > 0):
@@ -216,40 +242,49 @@ class Federation:
         if isinstance(local_steps, bool) or int(local_steps) != local_steps or local_steps < 1:
             raise ValueError(f"local_steps: must be an integer >= 1, got {local_steps!r}")
         local_steps = int(local_steps)
-
         online = self.available[ids]
         participants, dropped = ids[online], ids[~online]
+        training = None
+        if len(participants):
+            fit = self.strategy.configure_fit(lr, local_steps)
+            training = LocalTraining(self.pool, self.params, participants, fit, self.generator)
+        return RoundPlan(ids, participants, dropped, lr, local_steps, training)
 
+    def aggregate(self, plan: RoundPlan) -> FitResult | None:
+        """Aggregate the finished local training of ``plan`` into the global model; returns its result."""
+        if plan.training is None:
+            return None
+        fit = plan.training.result()
+        plan.previous, self.params = self.params, self.strategy.aggregate_fit(self.params, fit.params, fit.num_examples)
+        return fit
+
+    def finish_round(self, plan: RoundPlan, fit: FitResult | None, logits: torch.Tensor) -> RoundReport:
+        """Book the round from the evaluation ``logits`` of :meth:`evaluation_input` and draw availability."""
+        loss_after, (val_acc, val_loss, test_acc, test_loss) = self._evaluation_stats(fit, logits)
         client_reports: tuple[ClientReport, ...] = ()
         update_norm = 0.0
         executions = shots = 0
         client_time = 0.0
-        fit = None
-        if len(participants):
-            fit = self.pool.fit(self.params, participants, self.strategy.configure_fit(lr, local_steps), self.generator)
-            previous, self.params = self.params, self.strategy.aggregate_fit(self.params, fit.params, fit.num_examples)
-        loss_after, (val_acc, val_loss, test_acc, test_loss) = self._forward_after_round(fit)
         if fit is not None:
-            client_reports, update_norm = self._client_reports(fit, loss_after, previous)
+            client_reports, update_norm = self._client_reports(fit, loss_after, plan.previous)
             executions = int(fit.circuit_executions.sum())
             shots = int(fit.shots_used.sum())
             client_time = float(fit.wall_time_s.max())
-
         self.round += 1
         self.available = self._draw_availability()
         return RoundReport(
             round=self.round,
-            selected=tuple(ids.tolist()),
-            participants=tuple(participants.tolist()),
-            dropped=tuple(dropped.tolist()),
-            lr=lr,
-            local_steps=local_steps,
+            selected=tuple(plan.ids.tolist()),
+            participants=tuple(plan.participants.tolist()),
+            dropped=tuple(plan.dropped.tolist()),
+            lr=plan.lr,
+            local_steps=plan.local_steps,
             val_accuracy=val_acc,
             val_loss=val_loss,
             test_accuracy=test_acc,
             test_loss=test_loss,
-            bytes_uploaded=self.param_bytes * len(participants),
-            bytes_downloaded=self.param_bytes * len(participants),
+            bytes_uploaded=self.param_bytes * len(plan.participants),
+            bytes_downloaded=self.param_bytes * len(plan.participants),
             shots_used=shots,
             circuit_executions=executions,
             wall_time_s=client_time + self.config.server_time_s,
@@ -292,21 +327,28 @@ class Federation:
         )
         return reports, float(global_norm)
 
-    def _forward_after_round(self, fit: FitResult | None) -> tuple[torch.Tensor, tuple[float, float, float, float]]:
-        """Evaluate the global model and the trained clients' "loss after" in one backend call.
+    def evaluation_input(self, fit: FitResult | None) -> EvalInput:
+        """The call that evaluates the global model and the trained clients' "loss after" together.
 
-        The global model runs on the evaluation rows, every trained client on its first minibatch. Returns
-        ``(loss_after [C], (val_acc, val_loss, test_acc, test_loss))``; test figures are NaN when test
-        evaluation is off.
+        The global model runs on the evaluation rows, every trained client (first rows) on its first minibatch.
         """
         params = self.params.expand(len(self._eval_x), -1)
-        x, noise, n = self._eval_x, self._eval_noise, 0
+        x, noise = self._eval_x, self._eval_noise
         if fit is not None:
             params = torch.cat([fit.params, params])
             x = torch.cat([fit.first_batch[0], x])
-            noise, n = fit.noise + noise, len(fit.client_ids)
+            noise = fit.noise + noise
+        return params, x, noise, self.generator
+
+    def _evaluation_stats(
+        self, fit: FitResult | None, logits: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[float, float, float, float]]:
+        """``(loss_after [C], (val_acc, val_loss, test_acc, test_loss))`` from the evaluation logits.
+
+        Test figures are NaN when test evaluation is off.
+        """
+        n = 0 if fit is None else len(fit.client_ids)
         with torch.no_grad():
-            logits = self.pool.logits(params, x, noise, self.generator)
             loss_after = masked_cross_entropy(logits[:n], *fit.first_batch[1:]) if fit is not None else logits[:0, 0, 0]
             eval_logits = logits[n:].flatten(0, 1)[: self._n_eval]
             ce = F.cross_entropy(eval_logits, self._eval_y, reduction="none")
@@ -320,7 +362,8 @@ class Federation:
 
     def evaluate(self) -> dict[str, float]:
         """Evaluate the current global model without running a round."""
-        _, (val_acc, val_loss, test_acc, test_loss) = self._forward_after_round(None)
+        (logits,) = logits_jointly(self.spec, self.backend, [self.evaluation_input(None)])
+        _, (val_acc, val_loss, test_acc, test_loss) = self._evaluation_stats(None, logits)
         return {
             "val_accuracy": val_acc,
             "val_loss": val_loss,
@@ -356,3 +399,30 @@ class Federation:
         self.generator.set_state(state["generator"])
         self.strategy.load_state_dict(state["strategy"])
         self.available = state["available"].copy()
+
+
+def run_rounds(federations: Sequence[Federation], requests: Sequence[RoundRequest]) -> list[RoundReport]:
+    """Run one round of each federation, all of them sharing backend calls (see :mod:`.batched`).
+
+    Every federation's round is the one :meth:`Federation.run_round` runs alone, bit for bit. The federations
+    must simulate the same circuit (the first one's backend runs the shared calls).
+
+    Raises:
+        ValueError: If the lengths differ, the circuits differ, or a request is invalid.
+    """
+    if len(federations) != len(requests):
+        raise ValueError(f"got {len(requests)} round requests for {len(federations)} federations")
+    if not federations:
+        return []
+    first = federations[0]
+    if any(fed.spec != first.spec or fed.config.backend != first.config.backend for fed in federations):
+        raise ValueError("run_rounds: all federations must share the circuit and backend settings")
+    plans = [fed.plan_round(*request) for fed, request in zip(federations, requests, strict=True)]
+    train_jointly(first.backend, [plan.training for plan in plans if plan.training is not None])
+    fits = [fed.aggregate(plan) for fed, plan in zip(federations, plans, strict=True)]
+    logits = logits_jointly(
+        first.spec, first.backend, [fed.evaluation_input(fit) for fed, fit in zip(federations, fits, strict=True)]
+    )
+    return [
+        fed.finish_round(plan, fit, part) for fed, plan, fit, part in zip(federations, plans, fits, logits, strict=True)
+    ]

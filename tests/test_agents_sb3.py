@@ -203,3 +203,9 @@ def test_parse_overrides_reads_yaml_values():
     }
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["n_steps"])
+
+
+def test_batched_vec_env_trains_maskable_ppo(tmp_path):
+    """``--vec-env batched``: the envs' rounds run in shared simulator calls; MaskablePPO reads their masks."""
+    result = _train(tmp_path, "maskable-ppo", n_envs=4, vec_env="batched")
+    assert (result.run_dir / "model.zip").exists()

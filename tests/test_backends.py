@@ -10,13 +10,9 @@ import pytest
 import torch
 
 from qflgym.qfl_core.backends import BACKENDS, Backend, ClientNoise, PennyLaneBackend, TorchBackend, make_backend
-from qflgym.qfl_core.backends.torch_backend import (
-    kron_matrices,
-    kron_vectors,
-    kron_vectors_grad,
-    pauli_cnot_table,
-    sample_counts,
-)
+from qflgym.qfl_core.backends.linalg import kron_matrices, kron_vectors, kron_vectors_grad
+from qflgym.qfl_core.backends.pauli import pauli_cnot_table
+from qflgym.qfl_core.backends.sampling import sample_counts
 from qflgym.qfl_core.circuits import CircuitSpec
 from qflgym.qfl_core.config import BackendConfig
 
@@ -120,8 +116,8 @@ def test_torch_matches_pennylane(q: int, layers: int, reupload: bool, entangler:
     noise = ClientNoise.exact(clients)
     cotangent = torch.randn(clients, batch, q, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     z_ref, grad_ref = value_and_grad(pl_backend, weights, x, noise, cotangent)
-    engines = ["dense", "split"] if q > 1 else ["dense"]
-    for engine in engines:  # both engines are exact for every size
+    engines = (["dense", "split"] if q > 1 else ["dense"]) + ([] if reupload else ["unitary"])
+    for engine in engines:  # every engine is exact for every size
         torch_backend.engine = engine
         z, grad = value_and_grad(torch_backend, weights, x, noise, cotangent)
         torch.testing.assert_close(z, z_ref, atol=1e-9, rtol=0)
@@ -216,9 +212,9 @@ def test_outcome_probabilities(q: int, reupload: bool, engine: str) -> None:
     weights, x = draw(spec, 2, 3, 4)
     weights = weights.detach()
     noise = ClientNoise((None,) * 2, (0.15, 0.0), (0.0, 0.0))
-    _, noisy = backend._noisy(weights, x, noise, need_probs=True)
-    _, saved = backend._forward(weights, x, save=False)
-    pure = backend._probabilities(saved.psi)
+    _, noisy = backend.pauli.run(weights, x, noise, need_probs=True)
+    _, saved = backend.statevector.forward(weights, x, save=False)
+    pure = backend.statevector.probabilities(saved.psi)
 
     @qp.qnode(qp.device("default.mixed", wires=q))
     def probs(xb: torch.Tensor, w: torch.Tensor, p: float) -> object:
@@ -349,3 +345,72 @@ def test_kron_helpers() -> None:
     # L = Re <grad_out, kron(v)> has PyTorch gradient grad_out with respect to the product
     (auto,) = torch.autograd.grad((kron_vectors(v) * grad_out.conj()).real.sum(), v)
     torch.testing.assert_close(kron_vectors_grad(grad_out, v.detach()), auto)
+
+
+@pytest.mark.parametrize("depolarizing", [0.0, 0.1])
+def test_torch_rejects_inputs_that_require_grad(depolarizing: float) -> None:
+    """Gradients w.r.t. the features are not computed: asking for them is an error, not a silent ``None``."""
+    spec = CircuitSpec(3, 2)
+    backend = make_backend(spec, BackendConfig())
+    weights, x = draw(spec, 2, 3, 0)
+    noise = ClientNoise.uniform(2, depolarizing=depolarizing)
+    with pytest.raises(ValueError, match="x requires a gradient"):
+        backend.expvals(weights, x.requires_grad_(True), noise, torch.Generator())
+    with torch.no_grad():  # no gradient asked for: fine
+        assert backend.expvals(weights, x, noise, torch.Generator()).shape == (2, 3, 3)
+
+
+def test_split_engine_builds_no_dense_tables() -> None:
+    """Above the dense limit only the split tables exist (the dense index table grows as 4^Q)."""
+    spec = CircuitSpec(8, 2)
+    backend = make_backend(spec, BackendConfig())
+    assert backend.engine == "split"
+    weights, x = draw(spec, 1, 2, 0)
+    backend.expvals(weights, x, ClientNoise.exact(1), torch.Generator())
+    consts = backend.statevector.const(torch.float64, torch.device("cpu"))
+    assert consts["kron_dense"] is None
+
+
+@pytest.mark.parametrize(
+    ("q", "readout", "readout_error"),
+    [(1, "linear", 0.0), (3, "grouping", 0.0), (4, "linear", 0.1), (6, "linear", 0.0)],
+)
+def test_fused_loss_and_grad_matches_autograd(q: int, readout: str, readout_error: float) -> None:
+    """The hand-written loss-and-gradient (unitary and gate-by-gate engines) against autograd through expvals."""
+    spec = CircuitSpec(q, 2, readout=readout, n_classes=2 if readout == "grouping" else 3)  # type: ignore[arg-type]
+    backend = make_backend(spec, BackendConfig())
+    rng = np.random.default_rng(q)
+    params = torch.tensor(rng.normal(0, 1, (3, spec.n_params)))
+    x = torch.tensor(rng.uniform(0, np.pi, (3, 5, q)))
+    y = torch.tensor(rng.integers(0, spec.n_classes, (3, 5)))
+    mask = torch.tensor([[1.0] * 5, [1.0] * 3 + [0.0] * 2, [1.0] + [0.0] * 4], dtype=torch.float64)
+    noise = ClientNoise.uniform(3, readout_error=readout_error)
+    backend.engine = "dense"
+    loss_ref, grad_ref = Backend.loss_and_grad(backend, params, x, y, mask, noise, torch.Generator())
+    for engine in ["unitary", "dense"] + (["split"] if q > 1 else []):
+        backend.engine = engine
+        loss, grad = backend.loss_and_grad(params, x, y, mask, noise, torch.Generator())
+        torch.testing.assert_close(loss, loss_ref, atol=1e-12, rtol=0)
+        torch.testing.assert_close(grad, grad_ref, atol=1e-12, rtol=0)
+
+
+def test_unitary_engine_needs_no_reupload() -> None:
+    backend = make_backend(CircuitSpec(3, 2, reupload=True), BackendConfig())
+    assert backend.engine == "dense"
+    backend.engine = "unitary"
+    with pytest.raises(ValueError, match="reupload=False"):
+        backend.statevector  # noqa: B018
+
+
+def test_unitary_engine_shares_the_unitary_of_equal_rows() -> None:
+    """Without a backward, rows with equal weights share one unitary: the same bits as computing each."""
+    spec = CircuitSpec(4, 2)
+    backend = make_backend(spec, BackendConfig())
+    assert backend.engine == "unitary"
+    weights, x = draw(spec, 3, 5, 1)
+    repeated = weights.detach()[[0, 1, 0, 2, 1, 0]]
+    x6 = torch.cat([x, x])
+    with torch.no_grad():
+        shared = backend.expvals(repeated, x6, ClientNoise.exact(6), torch.Generator())
+    separate = backend.expvals(repeated.requires_grad_(True), x6, ClientNoise.exact(6), torch.Generator())
+    assert torch.equal(shared, separate.detach())

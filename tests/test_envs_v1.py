@@ -110,8 +110,14 @@ def test_the_cost_budget_truncates_and_censors_cost_to_target():
 
 def test_objectives_by_hand():
     outcome = EpisodeOutcome(
-        rounds=7, total_cost=12.5, reached=True, final_accuracy=0.8, round_budget=50, cost_budget=100.0,
-        cost_scale=10.0, cost_weight=0.2,
+        rounds=7,
+        total_cost=12.5,
+        reached=True,
+        final_accuracy=0.8,
+        round_budget=50,
+        cost_budget=100.0,
+        cost_scale=10.0,
+        cost_weight=0.2,
     )
     assert OBJECTIVES.get("rounds_to_target")(outcome) == 7.0
     assert OBJECTIVES.get("cost_to_target")(outcome) == 12.5

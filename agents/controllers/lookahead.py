@@ -85,6 +85,8 @@ class LookaheadController:
         rollout_kwargs: Keyword arguments of the rollout controller.
         score: A name in :data:`LOOKAHEAD_SCORES`.
         proposals: Controllers whose decisions are candidates too: names, or ``[name, kwargs]`` pairs.
+        cohort_size: Random selection candidates train exactly this many available clients (``None``: a
+            random size from 1 to the selection budget), for comparisons at an equal cohort size.
 
     Raises:
         ConfigError: Naming the field and the allowed values for a bad option.
@@ -101,6 +103,7 @@ class LookaheadController:
         rollout_kwargs: Mapping[str, Any] | None = None,
         score: str = "reward",
         proposals: Sequence[str | Sequence[Any]] = (),
+        cohort_size: int | None = None,
     ) -> None:
         if hasattr(env, "num_envs"):
             raise ConfigError("lookahead: env must be a single env (it plans on the env's own snapshots), got a VecEnv")
@@ -119,6 +122,15 @@ class LookaheadController:
             if name not in names or name == "lookahead":
                 allowed = ", ".join(n for n in names if n != "lookahead")
                 raise ConfigError(f"lookahead.{field}: unknown controller {name!r}; allowed: repeat, {allowed}")
+        budget = getattr(self.env.action_codec, "k", None) or self.env.n_clients
+        if cohort_size is not None and (
+            isinstance(cohort_size, bool) or not isinstance(cohort_size, int) or not 1 <= cohort_size <= budget
+        ):
+            raise ConfigError(
+                f"lookahead.cohort_size: must be an integer in [1, {budget}] (the selection budget, else N) or "
+                f"null, got {cohort_size!r}"
+            )
+        self.cohort_size = cohort_size
         if candidates == 0 and not proposals:
             raise ConfigError("lookahead.candidates: must be >= 1 when there are no proposals")
         self.n_candidates, self.horizon, self.score_name = candidates, horizon, score
@@ -189,7 +201,8 @@ class LookaheadController:
             budget = min(getattr(self._codec, "k", len(available)), len(ids))
             selected = np.zeros(len(available), dtype=bool)
             if budget:
-                selected[self.rng.choice(ids, size=int(self.rng.integers(1, budget + 1)), replace=False)] = True
+                size = min(self.cohort_size, budget) if self.cohort_size else int(self.rng.integers(1, budget + 1))
+                selected[self.rng.choice(ids, size=size, replace=False)] = True
         return self._codec.encode(type(decision)(selected, decision.lr, decision.local_steps, False))
 
     def _simulate(self, action: Any) -> Rollout:

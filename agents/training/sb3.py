@@ -63,7 +63,7 @@ class TrainConfig(StrictModel):
     """Seed of the algorithm and of the training envs (``seed + i`` for sub-env i)."""
     n_envs: int | None = Field(None, ge=1)
     """Number of vectorized training envs; default the file's ``n_envs`` (else 1)."""
-    vec_env: Literal["dummy", "subproc"] = "dummy"
+    vec_env: Literal["dummy", "subproc", "batched"] = "dummy"
     """VecEnv class: ``dummy`` (sequential, in process) or ``subproc`` (one process per env)."""
     out: str = "runs"
     """Parent folder of the run directory."""

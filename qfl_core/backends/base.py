@@ -16,6 +16,7 @@ import torch
 
 from qflgym.qfl_core.circuits import CircuitSpec
 from qflgym.qfl_core.config import BackendConfig
+from qflgym.qfl_core.losses import masked_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,15 @@ class ClientNoise:
 
     def __add__(self, other: ClientNoise) -> ClientNoise:
         """The clients of ``self`` followed by those of ``other`` (for one backend call over both)."""
-        return ClientNoise(
-            self.shots + other.shots,
-            self.depolarizing + other.depolarizing,
-            self.readout_error + other.readout_error,
+        return ClientNoise.concat([self, other])
+
+    @classmethod
+    def concat(cls, parts: Sequence[ClientNoise]) -> ClientNoise:
+        """The clients of all ``parts`` in order (validated once: linear in the total client count)."""
+        return cls(
+            tuple(s for part in parts for s in part.shots),
+            tuple(p for part in parts for p in part.depolarizing),
+            tuple(r for part in parts for r in part.readout_error),
         )
 
     def select(self, indices: Sequence[int]) -> ClientNoise:
@@ -140,6 +146,38 @@ class Backend(abc.ABC):
             ``[C, B, Q]`` expectations, differentiable w.r.t. ``weights`` by autograd. With finite shots the
             values are shot estimates and the gradient is that of the exact expectation (straight-through).
         """
+
+    def loss_and_grad(
+        self,
+        params: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        noise: ClientNoise,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each client's training loss on its batch and its gradient w.r.t. that client's flat parameters.
+
+        The loss is :func:`~qflgym.qfl_core.losses.masked_cross_entropy` of ``spec.logits``. This default runs
+        :meth:`expvals` under autograd; backends with a hand-written backward override it to skip autograd.
+
+        Args:
+            params: ``[C, P]`` flat parameters (see :meth:`CircuitSpec.split`).
+            x: ``[C, B, Q]`` rotation angles.
+            y: ``[C, B]`` labels.
+            mask: ``[C, B]`` 1 for real samples, 0 for padding.
+            noise: Shots and noise of the ``C`` clients.
+            generator: The source of all sampling randomness (shots).
+
+        Returns:
+            ``loss [C]`` (no gradient attached) and ``grad [C, P]``.
+        """
+        with torch.enable_grad():
+            leaf = params.detach().requires_grad_(True)
+            weights, readout = self.spec.split(leaf)
+            loss = masked_cross_entropy(self.spec.logits(self.expvals(weights, x, noise, generator), readout), y, mask)
+            (grad,) = torch.autograd.grad(loss.sum(), leaf)
+        return loss.detach(), grad
 
     def check_inputs(self, weights: torch.Tensor, x: torch.Tensor, noise: ClientNoise) -> None:
         """Raise a clear ``ValueError`` unless the shapes of ``weights``, ``x`` and ``noise`` agree."""

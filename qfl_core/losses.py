@@ -1,0 +1,57 @@
+"""The training loss of a client batch: readout logits, masked cross-entropy, and its closed-form gradient.
+
+:func:`masked_cross_entropy` is the loss every client minimizes; :func:`readout_cross_entropy` computes it from
+Pauli-Z expectations together with its gradients with respect to the expectations and the readout parameters,
+in closed form (``softmax - onehot``), so a simulator with a hand-written backward can skip autograd entirely.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .circuits import CircuitSpec
+
+
+def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy per row over its unmasked samples: logits ``[R, B, K]``, y and mask ``[R, B]`` -> ``[R]``."""
+    ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+    return (ce * mask).sum(1) / mask.sum(1)
+
+
+def readout_cross_entropy(
+    spec: CircuitSpec, z: torch.Tensor, readout: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss and gradients of :func:`masked_cross_entropy` of ``spec.logits(z, readout)``, without autograd.
+
+    Args:
+        spec: The circuit (its readout kind and sizes).
+        z: ``[C, B, Q]`` expectations.
+        readout: ``[C, R]`` readout parameters.
+        y: ``[C, B]`` labels.
+        mask: ``[C, B]`` 1 for real samples, 0 for padding.
+
+    Returns:
+        ``loss [C]``, ``dloss/dz [C, B, Q]`` and ``dloss/dreadout [C, R]`` (of each row's own loss).
+    """
+    with torch.no_grad():
+        if spec.readout == "linear":
+            q, k = spec.n_qubits, spec.n_classes
+            w = readout[:, : q * k].view(-1, q, k)
+            logits = torch.baddbmm(readout[:, q * k :].unsqueeze(1), z, w)
+        else:
+            w = spec.grouping_matrix(z.dtype).to(z.device)
+            w = w.expand(len(z), *w.shape)  # one product per row (see backends.linalg.rowwise_matmul)
+            logits = torch.bmm(z, w)
+        log_p = torch.log_softmax(logits, -1)
+        weight = mask / mask.sum(1, keepdim=True)
+        picked = log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        loss = -(picked * weight).sum(1)
+        grad_logits = torch.exp(log_p).scatter_add_(-1, y.unsqueeze(-1), -torch.ones_like(picked).unsqueeze(-1))
+        grad_logits = grad_logits * weight.unsqueeze(-1)
+        grad_z = torch.bmm(grad_logits, w.mT)
+        if spec.readout == "linear":
+            grad_readout = torch.cat((torch.bmm(z.mT, grad_logits).flatten(1), grad_logits.sum(1)), 1)
+        else:
+            grad_readout = readout.new_zeros(readout.shape)
+    return loss, grad_z, grad_readout
