@@ -1,0 +1,245 @@
+"""Every observation feature and every reward term, recomputed by hand from the round reports.
+
+The reference below reads only what the simulator reports (``env.unwrapped.last_report``, the federation's
+device profiles and client statistics, its config) and the documented definitions of the features
+(``docs/envs/observation.md``) and terms (``envs/rewards.py``). Each step of a few scripted episodes, the
+env's observation, reward and ``info["rewards"]`` must equal the reference, feature by feature.
+"""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+import qflgym.envs  # noqa: F401  (registers the ids)
+from qflgym.envs import ControlDecision
+from qflgym.envs.observation import (
+    CLIENT_FEATURE_BOUNDS,
+    CLIENT_FEATURES,
+    GLOBAL_FEATURE_BOUNDS,
+    GLOBAL_FEATURES,
+    LABEL_FEATURES,
+)
+from qflgym.envs.rewards import BUILTIN_TERMS
+
+#: Distinct non-zero weights, so that every term moves the reward.
+WEIGHTS = {name: 0.1 * (i + 1) * (-1) ** i for i, name in enumerate(BUILTIN_TERMS)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    with threadpool_limits(1):
+        yield
+
+
+class Reference:
+    """The observation and reward terms of an episode, computed by hand from the federation's reports."""
+
+    def __init__(self, env: gym.Env, info: dict) -> None:
+        u = env.unwrapped
+        self.u = u
+        fed = u.federation
+        cfg = u.config
+        n = u.n_clients
+        self.budget = cfg.round_budget
+        self.target = cfg.target_accuracy
+        self.ln_k = math.log(fed.n_classes)
+        self.base_lr = cfg.federation.training.lr
+        self.max_steps = cfg.local_steps_range[1]
+        self.acc, self.loss = info["val_accuracy"], info["val_loss"]
+        self.prev_acc, self.prev_loss = self.acc, self.loss
+        self.lr, self.steps = self.base_lr * cfg.lr_multiplier, cfg.fixed_local_steps
+        self.rounds = 0
+        self.reached = False
+        self.totals = {"bytes": 0.0, "time": 0.0, "shots": 0.0}
+        self.last_loss = np.ones(n)
+        self.last_selected = np.zeros(n)
+        self.times_selected = np.zeros(n)
+        self.update_norm = np.zeros(n)
+        self.cosine = np.zeros(n)
+        self.available = np.ones(n)
+        # A round in which every client trains for the fixed local steps (see qfl_core/clients.py).
+        sizes = np.array([s.size for s in fed.client_stats], dtype=float)
+        shots = np.array([p.shots or 0 for p in fed.profiles], dtype=float)
+        latency = np.array([p.latency_s for p in fed.profiles])
+        executions = np.minimum(sizes, cfg.federation.training.batch_size) * (1 + 2 * fed.spec.n_circuit_params)
+        executions = executions * cfg.fixed_local_steps
+        self.full = {
+            "bytes": 2 * n * fed.param_bytes,
+            "time": cfg.federation.server_time_s + (executions * latency).max(),
+            "shots": max((executions * shots).sum(), 1.0),
+        }
+        self.norm_scale = cfg.federation.training.lr * cfg.federation.training.local_steps
+        hist = np.array([s.label_histogram for s in fed.client_stats], dtype=float)
+        fractions = hist / hist.sum(axis=1, keepdims=True)
+        overall = hist.sum(axis=0) / hist.sum()
+        depol = np.array([p.depolarizing for p in fed.profiles])
+        readout = np.array([p.readout_error for p in fed.profiles])
+        self.static = {
+            "data_size": sizes / sizes.max(),
+            "label_skew": 0.5 * np.abs(fractions - overall).sum(axis=1),
+            "noise_level": 1 - (1 - 4 * depol / 3) ** cfg.federation.circuit.n_layers * (1 - 2 * readout),
+            "shot_noise": np.array([1 / math.sqrt(s) if s else 0.0 for s in shots]),
+            "latency": latency / latency.max(),
+        }
+        for j, name in enumerate(LABEL_FEATURES):
+            self.static[name] = fractions[:, j] if j < fed.n_classes else np.zeros(n)
+        assert (readout > 0).any() and (depol > 0).any() and (shots > 0).any() and (shots == 0).any()
+
+    def step(self, stopped: bool) -> dict[str, float]:
+        """Book the last step (from the env's last report) and return the reward terms by hand."""
+        report = None if stopped else self.u.last_report
+        step_acc, step_loss = self.acc, self.loss  # before this step
+        if report is not None:
+            self.prev_acc, self.prev_loss = self.acc, self.loss  # the observation's changes are per round
+            self.rounds += 1
+            for i in report.selected:
+                self.last_selected[i] = self.rounds
+                self.times_selected[i] += 1
+            for c in report.clients:
+                self.last_loss[c.client_id] = c.loss_before / self.ln_k
+                self.update_norm[c.client_id] = math.tanh(c.update_norm / self.norm_scale)
+                self.cosine[c.client_id] = c.update_cosine
+            self.acc, self.loss = report.val_accuracy, report.val_loss
+            self.lr, self.steps = report.lr, report.local_steps
+            self.available = np.asarray(self.u.federation.available, dtype=float)
+        costs = {
+            "bytes": 0.0 if report is None else report.bytes_uploaded + report.bytes_downloaded,
+            "time": 0.0 if report is None else report.wall_time_s,
+            "shots": 0.0 if report is None else report.shots_used,
+        }
+        for key, value in costs.items():
+            self.totals[key] += value
+        reached_now = self.target is not None and not self.reached and self.acc >= self.target
+        self.reached = self.reached or reached_now
+        missing = 0.0 if self.target is None else max(0.0, self.target - self.acc)
+        return {
+            "accuracy_gain": self.acc - step_acc,
+            "loss_drop": (step_loss - self.loss) / self.ln_k,
+            "communication_cost": costs["bytes"] / self.full["bytes"],
+            "wall_time_cost": costs["time"] / self.full["time"],
+            "shot_cost": costs["shots"] / self.full["shots"],
+            "round_cost": 0.0 if report is None else 1.0,
+            "target_bonus": float(reached_now),
+            "stop_accuracy": self.acc if stopped else 0.0,
+            "early_stop_penalty": missing if stopped else 0.0,
+        }
+
+    def client_features(self) -> dict[str, np.ndarray]:
+        """Every client feature by name, clipped to its bounds."""
+        features = dict(self.static)
+        features["last_loss"] = self.last_loss
+        features["rounds_since_selected"] = (self.rounds - self.last_selected) / self.budget
+        features["times_selected"] = self.times_selected / self.budget
+        features["available"] = self.available
+        features["last_update_norm"] = self.update_norm
+        features["update_cosine"] = self.cosine
+        return {name: np.clip(features[name], *CLIENT_FEATURE_BOUNDS[name]) for name in CLIENT_FEATURES}
+
+    def global_features(self) -> dict[str, float]:
+        """Every global feature by name, clipped to its bounds."""
+        features = {
+            "round_fraction": self.rounds / self.budget,
+            "val_accuracy": self.acc,
+            "val_loss": self.loss / self.ln_k,
+            "val_accuracy_change": self.acc - self.prev_acc,
+            "val_loss_change": (self.loss - self.prev_loss) / self.ln_k,
+            "cumulative_bytes": self.totals["bytes"] / (self.budget * self.full["bytes"]),
+            "cumulative_wall_time": self.totals["time"] / (self.budget * self.full["time"]),
+            "cumulative_shots": self.totals["shots"] / (self.budget * self.full["shots"]),
+            "learning_rate": math.log10(self.lr / self.base_lr),
+            "local_steps": self.steps / self.max_steps,
+            "available_fraction": self.available.mean(),
+            "target_gap": 0.0 if self.target is None else self.target - self.acc,
+        }
+        return {name: float(np.clip(features[name], *GLOBAL_FEATURE_BOUNDS[name])) for name in GLOBAL_FEATURES}
+
+    def check_observation(self, obs: np.ndarray) -> None:
+        layout = self.u.layout
+        for name, expected in self.client_features().items():
+            np.testing.assert_allclose(layout.client(obs, name), expected, rtol=1e-6, atol=1e-7, err_msg=name)
+        for name, expected in self.global_features().items():
+            assert layout.global_(obs, name) == pytest.approx(expected, rel=1e-6, abs=1e-7), name
+
+
+def _run(env_id: str, config: dict, decisions: list[ControlDecision | None], seed: int = 5) -> list[dict]:
+    """Step through ``decisions`` (``None``: the env's own rule), checking everything against the reference."""
+    env = gym.make(env_id, config={"reward_weights": WEIGHTS, **config})
+    u = env.unwrapped
+    obs, info = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    ref = Reference(env, info)
+    ref.check_observation(obs)
+    steps = []
+    for i, decision in enumerate(decisions, start=1):
+        action = u.action_codec.encode(decision) if decision is not None else env.action_space.sample()
+        obs, reward, terminated, truncated, info = env.step(action)
+        stopped = u.last_decision.stop
+        terms = ref.step(stopped)
+        ref.check_observation(obs)
+        assert info["rewards"] == pytest.approx(terms, rel=1e-9, abs=1e-12)
+        assert reward == pytest.approx(sum(WEIGHTS[k] * v for k, v in terms.items()), rel=1e-9, abs=1e-12)
+        assert terminated == (stopped or terms["target_bonus"] == 1.0)
+        assert truncated == (not terminated and i == ref.budget)
+        steps.append({"terms": terms, "report": u.last_report, "terminated": terminated, "truncated": truncated})
+        if terminated or truncated:
+            break
+    return steps
+
+
+def _select(ids: list[int], n: int = 4, **kwargs) -> ControlDecision:
+    return ControlDecision.select(ids, n, **kwargs)
+
+
+FULL_CONTROL = "QFL/FullControl-Tiny-v0"
+ALWAYS_ONLINE = {"federation": {"clients": {"availability": 1.0}}}
+
+
+def test_full_control_by_hand_with_a_full_round_then_partial_rounds_and_an_early_stop():
+    env = gym.make(FULL_CONTROL)
+    grid = env.unwrapped.action_codec.lr_grid
+    steps = _run(
+        FULL_CONTROL,
+        ALWAYS_ONLINE,
+        [
+            _select([0, 1, 2, 3], lr=grid[3], local_steps=1),
+            _select([0, 2], lr=grid[-1], local_steps=3),
+            _select([1], lr=grid[0], local_steps=2),
+            _select([3, 1], lr=grid[4], local_steps=1),
+            ControlDecision(stop=True),
+        ],
+    )
+    full, stop = steps[0]["terms"], steps[-1]["terms"]
+    # A round in which every client trains with the fixed local steps costs one "full round" of each kind.
+    assert full["communication_cost"] == full["wall_time_cost"] == full["shot_cost"] == pytest.approx(1.0)
+    assert steps[1]["terms"]["shot_cost"] > 1.0 > steps[2]["terms"]["communication_cost"] > 0.0
+    assert stop["early_stop_penalty"] > 0.0 and stop["stop_accuracy"] > 0.0 and stop["round_cost"] == 0.0
+    assert steps[-1]["terminated"] and steps[-1]["report"] is None
+    assert any(s["terms"]["accuracy_gain"] > 0 for s in steps) and any(s["terms"]["loss_drop"] < 0 for s in steps)
+
+
+def test_client_selection_by_hand_with_dropouts_until_the_budget():
+    config = {"target_accuracy": None, "lr_multiplier": 2.0}
+    steps = _run("QFL/ClientSelection-Tiny-v0", config, [_select([0, 1, 2, 3])] * 6 + [_select([1, 2])] * 2)
+    assert steps[-1]["truncated"] and len(steps) == 8
+    assert any(s["report"].dropped for s in steps)
+
+
+def test_step_size_by_hand_with_the_configured_selection_rule():
+    steps = _run("QFL/StepSize-Tiny-v0", {"target_accuracy": None}, [None] * 4)
+    assert len({s["report"].local_steps for s in steps} | {s["report"].lr for s in steps}) > 2
+
+
+def test_target_bonus_by_hand_on_the_step_that_first_reaches_the_target():
+    decisions = [_select([0, 1, 2, 3])] * 8
+    free = _run("QFL/ClientSelection-Tiny-v0", {"target_accuracy": None} | ALWAYS_ONLINE, decisions)
+    accuracies = [s["report"].val_accuracy for s in free]
+    k = int(np.argmax(accuracies))
+    assert k > 0 and accuracies[k] > max(accuracies[:k])
+    reached = _run("QFL/ClientSelection-Tiny-v0", {"target_accuracy": accuracies[k]} | ALWAYS_ONLINE, decisions)
+    assert len(reached) == k + 1 and reached[-1]["terminated"] and not reached[-1]["truncated"]
+    assert [s["terms"]["target_bonus"] for s in reached] == [0.0] * k + [1.0]
