@@ -231,6 +231,8 @@ def _sites(node: ast.AST) -> Iterator[tuple[int, str, Callable[[], None]]]:
         yield line, "swap if/else", lambda: _swap_branches(node)
     elif isinstance(node, ast.Dict):
         for k in range(len(node.values) - 1):
+            if ast.dump(node.values[k]) == ast.dump(node.values[k + 1]):
+                continue  # swapping equal values changes nothing
             a, b = _key(node.keys[k]), _key(node.keys[k + 1])
             yield line, f"swap values of {a} and {b}", lambda k=k: _swap(node.values, k)
     elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("max", "min"):
@@ -245,6 +247,8 @@ def _sites(node: ast.AST) -> Iterator[tuple[int, str, Callable[[], None]]]:
             continue
         for k, stmt in enumerate(block):
             if isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr)) and not _is_docstring(stmt):
+                if isinstance(stmt, ast.Assign) and ast.unparse(stmt.targets[0]) == "__all__":
+                    continue  # only ``from module import *`` reads it
                 yield stmt.lineno, "drop the statement", lambda block=block, k=k: block.__setitem__(k, ast.Pass())
 
 

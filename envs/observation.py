@@ -202,18 +202,6 @@ class ObservationLayout:
         g = np.asarray(obs["global"], dtype=np.float32)
         return np.concatenate([c.reshape(*c.shape[:-2], -1), g], axis=-1)
 
-    def describe(self) -> list[tuple[str, str, str]]:
-        """``(index range, name, bounds)`` rows documenting the flat layout."""
-        rows = []
-        f = self.n_client_features
-        for j, name in enumerate(CLIENT_FEATURES):
-            lo, hi = CLIENT_FEATURE_BOUNDS[name]
-            rows.append((f"{j} + {f}·i", f"client i: {name}", f"[{lo}, {hi}]"))
-        for j, name in enumerate(GLOBAL_FEATURES):
-            lo, hi = GLOBAL_FEATURE_BOUNDS[name]
-            rows.append((f"{f}·N + {j}", name, f"[{lo}, {hi}]"))
-        return rows
-
 
 def static_client_features(fed: Federation) -> np.ndarray:
     """The client features fixed for the federation's lifetime, ``[N, len(CLIENT_FEATURES)]`` ``float32``.

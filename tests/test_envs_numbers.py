@@ -9,6 +9,7 @@ env's observation, reward and ``info["rewards"]`` must equal the reference, feat
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -23,6 +24,8 @@ from qflgym.envs.observation import (
     GLOBAL_FEATURE_BOUNDS,
     GLOBAL_FEATURES,
     LABEL_FEATURES,
+    MAX_LABEL_CLASSES,
+    ObservationLayout,
 )
 from qflgym.envs.rewards import BUILTIN_TERMS
 
@@ -34,6 +37,51 @@ WEIGHTS = {name: 0.1 * (i + 1) * (-1) ** i for i, name in enumerate(BUILTIN_TERM
 def _one_blas_thread():
     with threadpool_limits(1):
         yield
+
+
+def _documented_features(section: str) -> list[tuple[str, tuple[float, float]]]:
+    """``(name, bounds)`` rows of a feature table of ``docs/envs/observation.md``, in index order."""
+    text = (Path(__file__).parent.parent / "docs/envs/observation.md").read_text()
+    table = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[1].startswith("`"):
+            low, high = (float(v.replace("−", "-")) for v in cells[3].strip("[]").split(","))
+            names = LABEL_FEATURES if cells[1] == "`label_frac_c` (c = 0 … 9)" else (cells[1].strip("`"),)
+            rows += [(name, (low, high)) for name in names]
+    return rows
+
+
+def test_feature_order_and_bounds_are_the_documented_ones_and_the_spaces():
+    clients, globals_ = _documented_features("Client features"), _documented_features("Global features")
+    assert [n for n, _ in clients] == list(CLIENT_FEATURES) and len(LABEL_FEATURES) == MAX_LABEL_CLASSES == 10
+    assert [n for n, _ in globals_] == list(GLOBAL_FEATURES)
+    assert dict(clients) == CLIENT_FEATURE_BOUNDS and dict(globals_) == GLOBAL_FEATURE_BOUNDS
+    layout = ObservationLayout(3)
+    assert layout.client_features == CLIENT_FEATURES and layout.global_features == GLOBAL_FEATURES
+    assert layout.size == 3 * len(CLIENT_FEATURES) + len(GLOBAL_FEATURES) == layout.flat_space().shape[0]
+    low = [lo for _, (lo, _) in clients] * 3 + [lo for _, (lo, _) in globals_]
+    high = [hi for _, (_, hi) in clients] * 3 + [hi for _, (_, hi) in globals_]
+    np.testing.assert_array_equal(layout.flat_space().low, low)
+    np.testing.assert_array_equal(layout.flat_space().high, high)
+    space = layout.dict_space()
+    np.testing.assert_array_equal(space["clients"].low.reshape(-1), low[: layout.client_size])
+    np.testing.assert_array_equal(space["global"].high, high[layout.client_size :])
+    obs = np.arange(layout.size, dtype=np.float32)
+    assert layout.client(list(obs), "label_skew").tolist() == [1.0, 22.0, 43.0]  # any array-like
+    assert layout.global_(tuple(obs), "val_accuracy") == 64.0 and isinstance(layout.global_(obs, "val_loss"), float)
+    assert layout.global_(np.stack([obs, obs + 1]), "val_loss").tolist() == [65.0, 66.0]
+
+
+def test_ten_classes_fill_every_label_fraction_column():
+    config = {"federation": {"data": {"classes": None, "max_samples": 400}, "partition": {"min_samples": 10}}}
+    env = gym.make("QFL/ClientSelection-Tiny-v0", config=config)
+    obs, _ = env.reset(seed=0)
+    fractions = np.stack([env.unwrapped.layout.client(obs, name) for name in LABEL_FEATURES], axis=-1)
+    assert env.unwrapped.federation.n_classes == MAX_LABEL_CLASSES
+    np.testing.assert_allclose(fractions.sum(axis=-1), 1.0, rtol=1e-6)
+    assert (fractions[:, -1] > 0).any()
 
 
 class Reference:

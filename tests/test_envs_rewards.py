@@ -64,6 +64,8 @@ def test_custom_term_registered_with_the_decorator():
         return 2.0
 
     assert "test_constant_bonus" in REWARDS
+    with pytest.raises(ValueError, match="already registered"):
+        reward_term("accuracy_gain")(constant)  # a taken name needs overwrite=True
     base = _two_steps()
     custom = _two_steps({"reward_weights": {"test_constant_bonus": -0.25}})
     for (r0, _), (r1, t1) in zip(base, custom, strict=True):
