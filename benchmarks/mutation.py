@@ -156,7 +156,20 @@ def review_mutants() -> list[Mutant]:
 
 
 #: ``(path, stripped source line, description) -> why the mutant cannot change behaviour``.
-EQUIVALENT: dict[tuple[str, str, str], str] = {}
+_ONE_CALL = "the names, callables and weights come from one resolve_terms call: their lengths are equal"
+_RESHAPE = "numpy reads any negative size as 'the rest' (-2 is -1)"
+EQUIVALENT: dict[tuple[str, str, str], str] = {
+    (
+        "envs/base.py",
+        "return {name: float(fn(ctx)) for name, fn in zip(self._reward_names, self._reward_fns, strict=True)}",
+        "True -> False",
+    ): _ONE_CALL,
+    ("envs/base.py", "for weight, value in zip(self._reward_weights, terms.values(), strict=True):", "True -> False"): (
+        _ONE_CALL
+    ),
+    ("envs/base.py", "obs = np.concatenate((c.reshape(-1), globals_))", "1 -> 2"): _RESHAPE,
+    ("envs/base.py", '"clients": obs[: self.layout.client_size].reshape(self.n_clients, -1),', "1 -> 2"): _RESHAPE,
+}
 
 
 @dataclass(frozen=True)

@@ -206,6 +206,33 @@ class Reference:
         }
         return {name: float(np.clip(features[name], *GLOBAL_FEATURE_BOUNDS[name])) for name in GLOBAL_FEATURES}
 
+    def check_info(self, info: dict, terminated: bool) -> None:
+        """The step's ``info``: the round's counts and costs, the running totals, the flags."""
+        report = self.u.last_report
+        groups = () if report is None else (report.selected, report.participants, report.dropped)
+        counts = tuple(map(len, groups)) or (0, 0, 0)
+        expected = {
+            "round": self.rounds,
+            "val_accuracy": self.acc,
+            "val_loss": self.loss,
+            "selected": counts[0],
+            "participants": counts[1],
+            "dropped": counts[2],
+            "lr": self.lr,
+            "local_steps": self.steps,
+            "bytes": 0 if report is None else report.bytes_uploaded + report.bytes_downloaded,
+            "wall_time_s": 0.0 if report is None else report.wall_time_s,
+            "shots": 0 if report is None else report.shots_used,
+            "total_bytes": self.totals["bytes"],
+            "total_wall_time_s": self.totals["time"],
+            "total_shots": self.totals["shots"],
+            "stopped": report is None,
+            "target_reached": self.reached,
+        }
+        assert {k: info[k] for k in expected} == pytest.approx(expected, rel=1e-12)
+        assert info["test_accuracy"] is None  # evaluate_test is off in the tiny preset
+        assert not terminated or info["stopped"] or info["target_reached"]
+
     def check_observation(self, obs: np.ndarray) -> None:
         layout = self.u.layout
         for name, expected in self.client_features().items():
@@ -233,6 +260,7 @@ def _run(env_id: str, config: dict, decisions: list[ControlDecision | None], see
         assert reward == pytest.approx(sum(WEIGHTS[k] * v for k, v in terms.items()), rel=1e-9, abs=1e-12)
         assert terminated == (stopped or terms["target_bonus"] == 1.0)
         assert truncated == (not terminated and i == ref.budget)
+        ref.check_info(info, terminated=terminated)
         steps.append({"terms": terms, "report": u.last_report, "terminated": terminated, "truncated": truncated})
         if terminated or truncated:
             break
@@ -291,3 +319,28 @@ def test_target_bonus_by_hand_on_the_step_that_first_reaches_the_target():
     reached = _run("QFL/ClientSelection-Tiny-v0", {"target_accuracy": accuracies[k]} | ALWAYS_ONLINE, decisions)
     assert len(reached) == k + 1 and reached[-1]["terminated"] and not reached[-1]["truncated"]
     assert [s["terms"]["target_bonus"] for s in reached] == [0.0] * k + [1.0]
+
+
+def test_features_beyond_their_bounds_are_clipped_by_hand_too():
+    config = {"round_budget": 2, "local_steps_range": [1, 30], "lr_multiplier_range": [1e-4, 1.0]} | ALWAYS_ONLINE
+    env = gym.make(FULL_CONTROL, config=config)
+    slow = _select([0, 1, 2, 3], lr=env.unwrapped.action_codec.lr_grid[0], local_steps=30)
+    steps = _run(FULL_CONTROL, config, [slow, slow])
+    assert steps[-1]["truncated"]
+    # both bounds are hit: the time spent is beyond the cumulative_wall_time bound, the lr below learning_rate's
+    assert steps[0]["terms"]["wall_time_cost"] / 2 > GLOBAL_FEATURE_BOUNDS["cumulative_wall_time"][1]
+    base_lr = env.unwrapped.config.federation.training.lr
+    assert math.log10(steps[0]["report"].lr / base_lr) < GLOBAL_FEATURE_BOUNDS["learning_rate"][0]
+
+
+def test_a_non_finite_observation_raises_naming_the_feature(monkeypatch):
+    from qflgym.qfl_core.federation import Federation
+
+    evaluate = Federation.evaluate
+
+    def nan_loss(self):
+        return evaluate(self) | {"val_loss": float("nan")}
+
+    monkeypatch.setattr(Federation, "evaluate", nan_loss)
+    with pytest.raises(FloatingPointError, match="val_loss, val_loss_change"):
+        gym.make("QFL/ClientSelection-Tiny-v0").reset(seed=0)
