@@ -167,6 +167,9 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("envs/base.py", "for weight, value in zip(self._reward_weights, terms.values(), strict=True):", "True -> False"): (
         _ONE_CALL
     ),
+    ("envs/rewards.py", "RewardTerm = Callable[[RewardContext], float]", "drop the statement"): (
+        "a type alias: with postponed annotations only type checkers read it"
+    ),
     ("envs/base.py", "obs = np.concatenate((c.reshape(-1), globals_))", "1 -> 2"): _RESHAPE,
     ("envs/base.py", '"clients": obs[: self.layout.client_size].reshape(self.n_clients, -1),', "1 -> 2"): _RESHAPE,
 }
