@@ -35,6 +35,10 @@ from .snapshot import Snapshots
 
 __all__ = ["QFLEnv"]
 
+#: The fields of a :class:`RoundRecord` copied from the step's ``info`` (all but the reward).
+_RECORDED = tuple(f for f in RoundRecord._fields if f != "reward")
+
+
 class QFLEnv(Snapshots, gym.Env, ABC):
     """Base class of the QFL envs (not registered itself); see the subclasses for the Markdown docs.
 
@@ -291,8 +295,9 @@ class QFLEnv(Snapshots, gym.Env, ABC):
         truncated = self._truncated(terminated)
         self._episode_over = terminated or truncated
         obs = self._observation()
-        self._history.append(self._record(report, reward, decision.stop))
-        return obs, reward, terminated, truncated, self._info(report, decision.stop, terms)
+        info = self._info(report, decision.stop, terms)
+        self._history.append(RoundRecord(reward=reward, **{f: info[f] for f in _RECORDED}))
+        return obs, reward, terminated, truncated, info
 
     def _rewards(
         self, report: RoundReport | None, stopped: bool, reached_now: bool, prev_acc: float, prev_loss: float
@@ -342,24 +347,6 @@ class QFLEnv(Snapshots, gym.Env, ABC):
             return False
         cost_budget = self.config.cost_budget
         return self._steps >= self._budget or (cost_budget is not None and self._total_cost >= cost_budget)
-
-    def _record(self, report: RoundReport | None, reward: float, stopped: bool) -> RoundRecord:
-        """The step as the renderers show it."""
-        return RoundRecord(
-            round=self.client_state.rounds,
-            selected=0 if report is None else len(report.selected),
-            participants=0 if report is None else len(report.participants),
-            dropped=0 if report is None else len(report.dropped),
-            lr=self._last_lr,
-            local_steps=self._last_steps,
-            val_accuracy=self._val_acc,
-            val_loss=self._val_loss,
-            total_bytes=self._total_bytes,
-            total_wall_time_s=self._total_time,
-            total_shots=self._total_shots,
-            reward=reward,
-            stopped=stopped,
-        )
 
     def _info(self, report: RoundReport | None, stopped: bool, terms: dict[str, float]) -> dict[str, Any]:
         """The step's ``info``: the round's metrics and costs, running totals and the reward terms."""
@@ -442,10 +429,11 @@ class QFLEnv(Snapshots, gym.Env, ABC):
         g = self._global_features()
         globals_ = np.array([g[name] for name in self.layout.global_features], dtype=np.float32)
         obs = np.concatenate((c.reshape(-1), globals_))
+        if not np.isfinite(obs).all():
+            bad = [name for name, value in g.items() if not math.isfinite(value)] or ["a client feature"]
+            raise FloatingPointError(f"{type(self).__name__}: observation is not finite ({', '.join(bad)})")
         np.minimum(obs, self._obs_high, out=obs)
         np.maximum(obs, self._obs_low, out=obs)
-        if not np.isfinite(obs).all():
-            np.nan_to_num(obs, copy=False, nan=0.0)
         if self._dict_obs:
             return {
                 "clients": obs[: self.layout.client_size].reshape(self.n_clients, -1),

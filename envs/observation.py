@@ -236,18 +236,6 @@ class ObservationLayout:
         g = np.asarray(obs["global"], dtype=np.float32)
         return np.concatenate([c.reshape(*c.shape[:-2], -1), g], axis=-1)
 
-    def describe(self) -> list[tuple[str, str, str]]:
-        """``(index range, name, bounds)`` rows documenting the flat layout."""
-        rows = []
-        f = self.n_client_features
-        for j, name in enumerate(self.client_features):
-            lo, hi = CLIENT_FEATURE_BOUNDS[name]
-            rows.append((f"{j} + {f}·i", f"client i: {name}", f"[{lo}, {hi}]"))
-        for j, name in enumerate(self.global_features):
-            lo, hi = GLOBAL_FEATURE_BOUNDS[name]
-            rows.append((f"{f}·N + {j}", name, f"[{lo}, {hi}]"))
-        return rows
-
 
 def client_step_costs(fed: Federation, local_steps: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """What ``local_steps`` local steps cost on each client: ``(simulated seconds [N], shots [N])``.

@@ -64,6 +64,8 @@ def test_custom_term_registered_with_the_decorator():
         return 2.0
 
     assert "test_constant_bonus" in REWARDS
+    with pytest.raises(ValueError, match="already registered"):
+        reward_term("accuracy_gain")(constant)  # a taken name needs overwrite=True
     base = _two_steps()
     custom = _two_steps({"reward_weights": {"test_constant_bonus": -0.25}})
     for (r0, _), (r1, t1) in zip(base, custom, strict=True):
@@ -101,3 +103,26 @@ def test_unknown_term_lists_the_allowed_names():
         gym.make(ENV_ID, config={"reward_weights": {"fast": 1.0}})
     with pytest.raises(ConfigError, match="reward_terms"):
         gym.make(ENV_ID, config={"reward_terms": {"x": 3}, "reward_weights": {"x": 1.0}})
+
+
+@pytest.mark.parametrize(("n_classes", "scale"), [(1, 1.0), (2, np.log(2)), (10, np.log(10))])
+def test_loss_drop_is_in_units_of_ln_k_and_of_1_for_one_class(n_classes, scale):
+    from qflgym.envs.rewards import loss_drop
+
+    ctx = RewardContext(
+        report=None,
+        stopped=False,
+        target_reached=False,
+        val_accuracy=0.5,
+        val_loss=0.3,
+        prev_val_accuracy=0.5,
+        prev_val_loss=0.8,
+        rounds=1,
+        round_budget=8,
+        target_accuracy=None,
+        n_classes=n_classes,
+        bytes_scale=1.0,
+        time_scale=1.0,
+        shots_scale=1.0,
+    )
+    assert loss_drop(ctx) == pytest.approx(0.5 / scale)

@@ -1,0 +1,351 @@
+"""Every observation feature and every reward term, recomputed by hand from the round reports.
+
+The reference below reads only what the simulator reports (``env.unwrapped.last_report``, the federation's
+device profiles and client statistics, its config) and the documented definitions of the features
+(``docs/envs/observation.md``) and terms (``envs/rewards.py``). Each step of a few scripted episodes, the
+env's observation, reward and ``info["rewards"]`` must equal the reference, feature by feature.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+import qflgym.envs  # noqa: F401  (registers the ids)
+from qflgym.envs import ControlDecision
+from qflgym.envs.observation import (
+    CLIENT_FEATURE_BOUNDS,
+    CLIENT_FEATURES,
+    CLIENT_FEATURES_V1,
+    GLOBAL_FEATURE_BOUNDS,
+    GLOBAL_FEATURES,
+    GLOBAL_FEATURES_V1,
+    LABEL_FEATURES,
+    MAX_LABEL_CLASSES,
+    ObservationLayout,
+)
+from qflgym.envs.rewards import BUILTIN_TERMS
+
+#: Distinct non-zero weights, so that every term moves the reward.
+WEIGHTS = {name: 0.1 * (i + 1) * (-1) ** i for i, name in enumerate(BUILTIN_TERMS)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    with threadpool_limits(1):
+        yield
+
+
+def _documented_features(section: str) -> list[tuple[str, tuple[float, float]]]:
+    """``(name, bounds)`` rows of a feature table of ``docs/envs/observation.md``, in index order."""
+    text = (Path(__file__).parent.parent / "docs/envs/observation.md").read_text()
+    table = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[1].startswith("`"):
+            low, high = (float(v.replace("−", "-")) for v in cells[3].strip("[]").split(","))
+            names = LABEL_FEATURES if cells[1] == "`label_frac_c` (c = 0 … 9)" else (cells[1].strip("`"),)
+            rows += [(name, (low, high)) for name in names]
+    return rows
+
+
+def test_feature_order_and_bounds_are_the_documented_ones_and_the_spaces():
+    clients, globals_ = _documented_features("Client features"), _documented_features("Global features")
+    assert [n for n, _ in clients] == list(CLIENT_FEATURES) and len(LABEL_FEATURES) == MAX_LABEL_CLASSES == 10
+    assert [n for n, _ in globals_] == list(GLOBAL_FEATURES)
+    v1_clients, v1_globals = _documented_features("v1 client features"), _documented_features("v1 global features")
+    assert [n for n, _ in clients + v1_clients] == list(CLIENT_FEATURES_V1)
+    assert [n for n, _ in globals_ + v1_globals] == list(GLOBAL_FEATURES_V1)
+    assert dict(clients + v1_clients) == CLIENT_FEATURE_BOUNDS and dict(globals_ + v1_globals) == GLOBAL_FEATURE_BOUNDS
+    layout = ObservationLayout(3)
+    assert layout.client_features == CLIENT_FEATURES and layout.global_features == GLOBAL_FEATURES
+    assert layout.size == 3 * len(CLIENT_FEATURES) + len(GLOBAL_FEATURES) == layout.flat_space().shape[0]
+    low = [lo for _, (lo, _) in clients] * 3 + [lo for _, (lo, _) in globals_]
+    high = [hi for _, (_, hi) in clients] * 3 + [hi for _, (_, hi) in globals_]
+    np.testing.assert_array_equal(layout.flat_space().low, low)
+    np.testing.assert_array_equal(layout.flat_space().high, high)
+    space = layout.dict_space()
+    np.testing.assert_array_equal(space["clients"].low.reshape(-1), low[: layout.client_size])
+    np.testing.assert_array_equal(space["global"].high, high[layout.client_size :])
+    obs = np.arange(layout.size, dtype=np.float32)
+    assert layout.client(list(obs), "label_skew").tolist() == [1.0, 22.0, 43.0]  # any array-like
+    assert layout.global_(tuple(obs), "val_accuracy") == 64.0 and isinstance(layout.global_(obs, "val_loss"), float)
+    assert layout.global_(np.stack([obs, obs + 1]), "val_loss").tolist() == [65.0, 66.0]
+
+
+def test_ten_classes_fill_every_label_fraction_column():
+    config = {"federation": {"data": {"classes": None, "max_samples": 400}, "partition": {"min_samples": 10}}}
+    env = gym.make("QFL/ClientSelection-Tiny-v0", config=config)
+    obs, _ = env.reset(seed=0)
+    fractions = np.stack([env.unwrapped.layout.client(obs, name) for name in LABEL_FEATURES], axis=-1)
+    assert env.unwrapped.federation.n_classes == MAX_LABEL_CLASSES
+    np.testing.assert_allclose(fractions.sum(axis=-1), 1.0, rtol=1e-6)
+    assert (fractions[:, -1] > 0).any()
+
+
+class Reference:
+    """The observation and reward terms of an episode, computed by hand from the federation's reports."""
+
+    def __init__(self, env: gym.Env, info: dict) -> None:
+        u = env.unwrapped
+        self.u = u
+        fed = u.federation
+        cfg = u.config
+        n = u.n_clients
+        self.budget = cfg.round_budget
+        self.target = cfg.target_accuracy
+        self.ln_k = math.log(fed.n_classes)
+        self.base_lr = cfg.federation.training.lr
+        self.max_steps = cfg.local_steps_range[1]
+        self.acc, self.loss = info["val_accuracy"], info["val_loss"]
+        self.prev_acc, self.prev_loss = self.acc, self.loss
+        self.lr, self.steps = self.base_lr * cfg.lr_multiplier, cfg.fixed_local_steps
+        self.rounds = 0
+        self.reached = False
+        self.totals = {"bytes": 0.0, "time": 0.0, "shots": 0.0}
+        self.last_loss = np.ones(n)
+        self.last_selected = np.zeros(n)
+        self.times_selected = np.zeros(n)
+        self.update_norm = np.zeros(n)
+        self.cosine = np.zeros(n)
+        self.available = np.ones(n)
+        # A round in which every client trains for the fixed local steps (see qfl_core/clients.py).
+        sizes = np.array([s.size for s in fed.client_stats], dtype=float)
+        shots = np.array([p.shots or 0 for p in fed.profiles], dtype=float)
+        latency = np.array([p.latency_s for p in fed.profiles])
+        executions = np.minimum(sizes, cfg.federation.training.batch_size) * (1 + 2 * fed.spec.n_circuit_params)
+        executions = executions * cfg.fixed_local_steps
+        self.full = {
+            "bytes": 2 * n * fed.param_bytes,
+            "time": cfg.federation.server_time_s + (executions * latency).max(),
+            "shots": max((executions * shots).sum(), 1.0),
+        }
+        self.norm_scale = cfg.federation.training.lr * cfg.federation.training.local_steps
+        hist = np.array([s.label_histogram for s in fed.client_stats], dtype=float)
+        fractions = hist / hist.sum(axis=1, keepdims=True)
+        overall = hist.sum(axis=0) / hist.sum()
+        depol = np.array([p.depolarizing for p in fed.profiles])
+        readout = np.array([p.readout_error for p in fed.profiles])
+        self.static = {
+            "data_size": sizes / sizes.max(),
+            "label_skew": 0.5 * np.abs(fractions - overall).sum(axis=1),
+            "noise_level": 1 - (1 - 4 * depol / 3) ** cfg.federation.circuit.n_layers * (1 - 2 * readout),
+            "shot_noise": np.array([1 / math.sqrt(s) if s else 0.0 for s in shots]),
+            "latency": latency / latency.max(),
+        }
+        for j, name in enumerate(LABEL_FEATURES):
+            self.static[name] = fractions[:, j] if j < fed.n_classes else np.zeros(n)
+        assert (readout > 0).any() and (depol > 0).any() and (shots > 0).any() and (shots == 0).any()
+
+    def step(self, stopped: bool) -> dict[str, float]:
+        """Book the last step (from the env's last report) and return the reward terms by hand."""
+        report = None if stopped else self.u.last_report
+        step_acc, step_loss = self.acc, self.loss  # before this step
+        if report is not None:
+            self.prev_acc, self.prev_loss = self.acc, self.loss  # the observation's changes are per round
+            self.rounds += 1
+            for i in report.selected:
+                self.last_selected[i] = self.rounds
+                self.times_selected[i] += 1
+            for c in report.clients:
+                self.last_loss[c.client_id] = c.loss_before / self.ln_k
+                self.update_norm[c.client_id] = math.tanh(c.update_norm / self.norm_scale)
+                self.cosine[c.client_id] = c.update_cosine
+            self.acc, self.loss = report.val_accuracy, report.val_loss
+            self.lr, self.steps = report.lr, report.local_steps
+            self.available = np.asarray(self.u.federation.available, dtype=float)
+        costs = {
+            "bytes": 0.0 if report is None else report.bytes_uploaded + report.bytes_downloaded,
+            "time": 0.0 if report is None else report.wall_time_s,
+            "shots": 0.0 if report is None else report.shots_used,
+        }
+        for key, value in costs.items():
+            self.totals[key] += value
+        reached_now = self.target is not None and not self.reached and self.acc >= self.target
+        self.reached = self.reached or reached_now
+        missing = 0.0 if self.target is None else max(0.0, self.target - self.acc)
+        return {
+            "accuracy_gain": self.acc - step_acc,
+            "loss_drop": (step_loss - self.loss) / self.ln_k,
+            "communication_cost": costs["bytes"] / self.full["bytes"],
+            "wall_time_cost": costs["time"] / self.full["time"],
+            "shot_cost": costs["shots"] / self.full["shots"],
+            "round_cost": 0.0 if report is None else 1.0,
+            "target_bonus": float(reached_now),
+            "stop_accuracy": self.acc if stopped else 0.0,
+            "early_stop_penalty": missing if stopped else 0.0,
+        }
+
+    def client_features(self) -> dict[str, np.ndarray]:
+        """Every client feature by name, clipped to its bounds."""
+        features = dict(self.static)
+        features["last_loss"] = self.last_loss
+        features["rounds_since_selected"] = (self.rounds - self.last_selected) / self.budget
+        features["times_selected"] = self.times_selected / self.budget
+        features["available"] = self.available
+        features["last_update_norm"] = self.update_norm
+        features["update_cosine"] = self.cosine
+        return {name: np.clip(features[name], *CLIENT_FEATURE_BOUNDS[name]) for name in CLIENT_FEATURES}
+
+    def global_features(self) -> dict[str, float]:
+        """Every global feature by name, clipped to its bounds."""
+        features = {
+            "round_fraction": self.rounds / self.budget,
+            "val_accuracy": self.acc,
+            "val_loss": self.loss / self.ln_k,
+            "val_accuracy_change": self.acc - self.prev_acc,
+            "val_loss_change": (self.loss - self.prev_loss) / self.ln_k,
+            "cumulative_bytes": self.totals["bytes"] / (self.budget * self.full["bytes"]),
+            "cumulative_wall_time": self.totals["time"] / (self.budget * self.full["time"]),
+            "cumulative_shots": self.totals["shots"] / (self.budget * self.full["shots"]),
+            "learning_rate": math.log10(self.lr / self.base_lr),
+            "local_steps": self.steps / self.max_steps,
+            "available_fraction": self.available.mean(),
+            "target_gap": 0.0 if self.target is None else self.target - self.acc,
+        }
+        return {name: float(np.clip(features[name], *GLOBAL_FEATURE_BOUNDS[name])) for name in GLOBAL_FEATURES}
+
+    def check_info(self, info: dict, terminated: bool) -> None:
+        """The step's ``info``: the round's counts and costs, the running totals, the flags."""
+        report = self.u.last_report
+        groups = () if report is None else (report.selected, report.participants, report.dropped)
+        counts = tuple(map(len, groups)) or (0, 0, 0)
+        expected = {
+            "round": self.rounds,
+            "val_accuracy": self.acc,
+            "val_loss": self.loss,
+            "selected": counts[0],
+            "participants": counts[1],
+            "dropped": counts[2],
+            "lr": self.lr,
+            "local_steps": self.steps,
+            "bytes": 0 if report is None else report.bytes_uploaded + report.bytes_downloaded,
+            "wall_time_s": 0.0 if report is None else report.wall_time_s,
+            "shots": 0 if report is None else report.shots_used,
+            "total_bytes": self.totals["bytes"],
+            "total_wall_time_s": self.totals["time"],
+            "total_shots": self.totals["shots"],
+            "stopped": report is None,
+            "target_reached": self.reached,
+        }
+        assert {k: info[k] for k in expected} == pytest.approx(expected, rel=1e-12)
+        assert info["test_accuracy"] is None  # evaluate_test is off in the tiny preset
+        assert not terminated or info["stopped"] or info["target_reached"]
+
+    def check_observation(self, obs: np.ndarray) -> None:
+        layout = self.u.layout
+        for name, expected in self.client_features().items():
+            np.testing.assert_allclose(layout.client(obs, name), expected, rtol=1e-6, atol=1e-7, err_msg=name)
+        for name, expected in self.global_features().items():
+            assert layout.global_(obs, name) == pytest.approx(expected, rel=1e-6, abs=1e-7), name
+
+
+def _run(env_id: str, config: dict, decisions: list[ControlDecision | None], seed: int = 5) -> list[dict]:
+    """Step through ``decisions`` (``None``: the env's own rule), checking everything against the reference."""
+    env = gym.make(env_id, config={"reward_weights": WEIGHTS, **config})
+    u = env.unwrapped
+    obs, info = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    ref = Reference(env, info)
+    ref.check_observation(obs)
+    steps = []
+    for i, decision in enumerate(decisions, start=1):
+        action = u.action_codec.encode(decision) if decision is not None else env.action_space.sample()
+        obs, reward, terminated, truncated, info = env.step(action)
+        stopped = u.last_decision.stop
+        terms = ref.step(stopped)
+        ref.check_observation(obs)
+        assert info["rewards"] == pytest.approx(terms, rel=1e-9, abs=1e-12)
+        assert reward == pytest.approx(sum(WEIGHTS[k] * v for k, v in terms.items()), rel=1e-9, abs=1e-12)
+        assert terminated == (stopped or terms["target_bonus"] == 1.0)
+        assert truncated == (not terminated and i == ref.budget)
+        ref.check_info(info, terminated=terminated)
+        steps.append({"terms": terms, "report": u.last_report, "terminated": terminated, "truncated": truncated})
+        if terminated or truncated:
+            break
+    return steps
+
+
+def _select(ids: list[int], n: int = 4, **kwargs) -> ControlDecision:
+    return ControlDecision.select(ids, n, **kwargs)
+
+
+FULL_CONTROL = "QFL/FullControl-Tiny-v0"
+ALWAYS_ONLINE = {"federation": {"clients": {"availability": 1.0}}}
+
+
+def test_full_control_by_hand_with_a_full_round_then_partial_rounds_and_an_early_stop():
+    env = gym.make(FULL_CONTROL)
+    grid = env.unwrapped.action_codec.lr_grid
+    steps = _run(
+        FULL_CONTROL,
+        ALWAYS_ONLINE,
+        [
+            _select([0, 1, 2, 3], lr=grid[3], local_steps=1),
+            _select([0, 2], lr=grid[-1], local_steps=3),
+            _select([1], lr=grid[0], local_steps=2),
+            _select([3, 1], lr=grid[4], local_steps=1),
+            ControlDecision(stop=True),
+        ],
+    )
+    full, stop = steps[0]["terms"], steps[-1]["terms"]
+    # A round in which every client trains with the fixed local steps costs one "full round" of each kind.
+    assert full["communication_cost"] == full["wall_time_cost"] == full["shot_cost"] == pytest.approx(1.0)
+    assert steps[1]["terms"]["shot_cost"] > 1.0 > steps[2]["terms"]["communication_cost"] > 0.0
+    assert stop["early_stop_penalty"] > 0.0 and stop["stop_accuracy"] > 0.0 and stop["round_cost"] == 0.0
+    assert steps[-1]["terminated"] and steps[-1]["report"] is None
+    assert any(s["terms"]["accuracy_gain"] > 0 for s in steps) and any(s["terms"]["loss_drop"] < 0 for s in steps)
+
+
+def test_client_selection_by_hand_with_dropouts_until_the_budget():
+    config = {"target_accuracy": None, "lr_multiplier": 2.0}
+    steps = _run("QFL/ClientSelection-Tiny-v0", config, [_select([0, 1, 2, 3])] * 6 + [_select([1, 2])] * 2)
+    assert steps[-1]["truncated"] and len(steps) == 8
+    assert any(s["report"].dropped for s in steps)
+
+
+def test_step_size_by_hand_with_the_configured_selection_rule():
+    steps = _run("QFL/StepSize-Tiny-v0", {"target_accuracy": None}, [None] * 4)
+    assert len({s["report"].local_steps for s in steps} | {s["report"].lr for s in steps}) > 2
+
+
+def test_target_bonus_by_hand_on_the_step_that_first_reaches_the_target():
+    decisions = [_select([0, 1, 2, 3])] * 8
+    free = _run("QFL/ClientSelection-Tiny-v0", {"target_accuracy": None} | ALWAYS_ONLINE, decisions)
+    accuracies = [s["report"].val_accuracy for s in free]
+    k = int(np.argmax(accuracies))
+    assert k > 0 and accuracies[k] > max(accuracies[:k])
+    reached = _run("QFL/ClientSelection-Tiny-v0", {"target_accuracy": accuracies[k]} | ALWAYS_ONLINE, decisions)
+    assert len(reached) == k + 1 and reached[-1]["terminated"] and not reached[-1]["truncated"]
+    assert [s["terms"]["target_bonus"] for s in reached] == [0.0] * k + [1.0]
+
+
+def test_features_beyond_their_bounds_are_clipped_by_hand_too():
+    config = {"round_budget": 2, "local_steps_range": [1, 30], "lr_multiplier_range": [1e-4, 1.0]} | ALWAYS_ONLINE
+    env = gym.make(FULL_CONTROL, config=config)
+    slow = _select([0, 1, 2, 3], lr=env.unwrapped.action_codec.lr_grid[0], local_steps=30)
+    steps = _run(FULL_CONTROL, config, [slow, slow])
+    assert steps[-1]["truncated"]
+    # both bounds are hit: the time spent is beyond the cumulative_wall_time bound, the lr below learning_rate's
+    assert steps[0]["terms"]["wall_time_cost"] / 2 > GLOBAL_FEATURE_BOUNDS["cumulative_wall_time"][1]
+    base_lr = env.unwrapped.config.federation.training.lr
+    assert math.log10(steps[0]["report"].lr / base_lr) < GLOBAL_FEATURE_BOUNDS["learning_rate"][0]
+
+
+def test_a_non_finite_observation_raises_naming_the_feature(monkeypatch):
+    from qflgym.qfl_core.federation import Federation
+
+    evaluate = Federation.evaluate
+
+    def nan_loss(self):
+        return evaluate(self) | {"val_loss": float("nan")}
+
+    monkeypatch.setattr(Federation, "evaluate", nan_loss)
+    with pytest.raises(FloatingPointError, match="val_loss, val_loss_change"):
+        gym.make("QFL/ClientSelection-Tiny-v0").reset(seed=0)
