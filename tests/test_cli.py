@@ -209,7 +209,7 @@ def test_demo_pipeline_on_the_tiny_preset(capsys, tmp_path):
         "demo",
         "--quick",
         "--env",
-        "QFL/ClientSelection-Tiny-v0",
+        "QFL/ClientSelection-Tiny-v1",
         "--timesteps",
         "64",
         "--seeds",
