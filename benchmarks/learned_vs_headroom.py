@@ -1,0 +1,94 @@
+r"""A trained controller against the tuned baselines and the oracle of ``benchmarks/headroom.py``, paired by seed.
+
+Evaluates ``--controller`` (default ``sb3`` with ``--kwargs '{path: RUN}'``) on the evaluation seeds of a
+headroom result and compares it with the reference (the tuned naive baseline) on the same seeds: the mean
+objective and its CI, the per-seed saving with its CI, the probability of improvement, and the share of the
+oracle's saving it reaches.
+
+    python benchmarks/learned_vs_headroom.py benchmarks/results/headroom/client_selection_v1.json \\
+        --env QFL/ClientSelection-v1 --kwargs '{path: runs/results/ppo/cs-v1-equivariant, algo: ppo}' \\
+        --json benchmarks/results/headroom/ppo_client_selection_v1.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from qflgym.config import parse_yaml
+from qflgym.runs import write_run_record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("headroom", type=Path, help="a benchmarks/headroom.py --json result")
+    parser.add_argument("--env", required=True, help="the preset (an id of the headroom result)")
+    parser.add_argument("--controller", default="sb3")
+    parser.add_argument("--kwargs", default="{}", help="the controller's kwargs (inline YAML)")
+    parser.add_argument("--label", default="ppo (equivariant)")
+    parser.add_argument("--stochastic", action="store_true", help="sample actions instead of the policy's mode")
+    parser.add_argument(
+        "--skip-seeds", type=int, nargs="*", default=[], help="evaluation seeds the controller saw in training"
+    )
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+
+    import gymnasium as gym
+
+    import qflgym.envs  # noqa: F401
+    from qflgym.agents.controllers import make_controller
+    from qflgym.agents.evaluation.episodes import run_episode
+    from qflgym.agents.evaluation.paired import paired_comparison
+
+    result = json.loads(args.headroom.read_text())
+    preset = result["presets"][args.env]
+    controllers = preset["controllers"]
+    keep = [i for i, s in enumerate(result["eval_seeds"]) if s not in set(args.skip_seeds)]
+    seeds = [result["eval_seeds"][i] for i in keep]
+    reference = np.array(controllers[preset["reference"]]["per_seed"])[keep]
+    oracle = next(c for label, c in controllers.items() if c["controller"] == "lookahead")
+    env = gym.make(args.env)
+    controller = make_controller(args.controller, env, seed=0, **parse_yaml(args.kwargs))
+    values = np.array(
+        [
+            run_episode(env, controller, seed=s, deterministic=not args.stochastic).objective
+            for s in result["eval_seeds"]
+        ]
+    )
+    cmp = paired_comparison(reference, values)
+    share = cmp.saving.value / oracle["saving_vs_reference"] if oracle["saving_vs_reference"] > 0 else float("nan")
+    out = {
+        "env": args.env,
+        "controller": args.label,
+        "reference": preset["reference"],
+        "mean": cmp.mean.value,
+        "mean_ci": [cmp.mean.low, cmp.mean.high],
+        "saving_vs_reference": cmp.saving.value,
+        "ci_low": cmp.saving.low,
+        "ci_high": cmp.saving.high,
+        "probability_of_improvement": cmp.probability_of_improvement,
+        "oracle_saving": oracle["saving_vs_reference"],
+        "share_of_oracle_saving": share,
+        "seeds": seeds,
+        "per_seed": values.tolist(),
+    }
+    print(
+        f"{args.label} on {args.env}: objective {cmp.mean.value:.4g} [{cmp.mean.low:.4g}, {cmp.mean.high:.4g}], "
+        f"saving vs {preset['reference']} {100 * cmp.saving.value:+.1f}% "
+        f"[{100 * cmp.saving.low:+.1f}%, {100 * cmp.saving.high:+.1f}%], P(improve) "
+        f"{cmp.probability_of_improvement:.2f}, {100 * share:.0f}% of the oracle's saving "
+        f"({100 * oracle['saving_vs_reference']:+.1f}%), {cmp.n} seeds"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1))
+        write_run_record(args.json.parent / args.json.stem, {"args": vars(args) | {"json": str(args.json)}}, sys.argv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
