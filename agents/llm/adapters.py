@@ -26,10 +26,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from qflgym.agents.llm.adapter_config import AdapterConfig
 from qflgym.agents.llm.quantum.adapters import QAAAdapter, QPAAdapter
 from qflgym.config import ConfigError
 from qflgym.registry import Registry
@@ -48,34 +49,6 @@ __all__ = [
 
 class AdapterUnavailable(ConfigError):
     """The requested adapter cannot run on this machine (the message says why and what to use instead)."""
-
-
-@dataclass
-class AdapterConfig:
-    """Hyperparameters shared by the LoRA-family adapters.
-
-    Attributes:
-        name: Adapter name in :data:`ADAPTERS` (``lora``, ``qlora``, ``auto``, ``qpa``, ``qaa``).
-        r: LoRA rank.
-        alpha: LoRA scaling numerator (``lora_alpha``).
-        dropout: LoRA dropout.
-        target_modules: Modules to adapt (``None``: the model's default, the attention projections).
-        extra: Adapter-specific options (``qpa``: :class:`~qflgym.agents.llm.quantum.options.QPAOptions`,
-            ``qaa``: :class:`~qflgym.agents.llm.quantum.options.QAAOptions`; passed through to third-party adapters).
-    """
-
-    name: str = "lora"
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"adapter r must be >= 1, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"adapter dropout must be in [0, 1), got {self.dropout}")
 
 
 @runtime_checkable

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from qflgym.agents.llm.adapters import AdapterConfig
+    from qflgym.agents.llm.adapter_config import AdapterConfig
 
 __all__ = ["QAAAdapter", "QPAAdapter", "QuantumAdapter"]
 
@@ -79,7 +79,7 @@ class QuantumAdapter:
             FileNotFoundError: ``path`` holds no saved quantum adapter.
             ValueError: It was saved by another adapter, or its tensors do not fit the model.
         """
-        from qflgym.agents.llm.adapters import AdapterConfig
+        from qflgym.agents.llm.adapter_config import AdapterConfig
         from qflgym.agents.llm.quantum.targets import load_state, read_meta
 
         meta = read_meta(path)
