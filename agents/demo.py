@@ -34,7 +34,7 @@ DEMO_EVAL_SEEDS_START = 20_000
 #: The heuristics the trained policy is compared with (label, controller, kwargs).
 DEMO_HEURISTICS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("random-k", "random-k", {"k": 1}),
-    ("cost-aware", "cost-aware", {}),
+    ("cost-aware", "cost-aware", {"k": 3}),
     ("label-complement", "label-complement", {"k": 3}),
     ("oort", "oort", {"k": 2}),
 )

@@ -53,7 +53,7 @@ SUITE: dict[str, dict[str, Any]] = {
             (
                 "cost-aware",
                 "cost-aware",
-                {"k": [3, 6], "time_weight": [0.3, 1.0, 3.0], "shot_weight": [0.3, 1.0]},
+                {"k": [2, 3, 6], "time_weight": [0.3, 1.0, 3.0], "shot_weight": [0.3, 1.0]},
             ),
         ],
         "oracle": {"candidates": 1, "base": "cost-aware", "proposals": ["cost-aware", "label-complement"]},

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     values = np.array(
         [
             run_episode(env, controller, seed=s, deterministic=not args.stochastic).objective
-            for s in result["eval_seeds"]
+            for s in seeds
         ]
     )
     cmp = paired_comparison(reference, values)
