@@ -188,7 +188,7 @@ class QFLEnv(Snapshots, gym.Env, ABC):
         self._total_shots = 0.0
         self._total_cost = 0.0
         self._last_cost = 0.0
-        self._accuracy = _accuracy(initial)
+        self._accuracy = _accuracy(initial["test_accuracy"], initial["val_accuracy"])
         self._last_lr = self._fixed_lr
         self._last_steps = self._fixed_steps
         self._steps = 0
@@ -415,7 +415,7 @@ class QFLEnv(Snapshots, gym.Env, ABC):
         self._total_shots += report.shots_used
         self._last_cost = report.wall_time_s + self.config.shot_price * report.shots_used
         self._total_cost += self._last_cost
-        self._accuracy = _accuracy({"test_accuracy": report.test_accuracy, "val_accuracy": report.val_accuracy})
+        self._accuracy = _accuracy(report.test_accuracy, report.val_accuracy)
         self._last_lr = report.lr
         self._last_steps = report.local_steps
         self._read_availability()
@@ -502,10 +502,9 @@ def _preset_names(presets: Sequence[str], what: str) -> tuple[str, ...]:
     return tuple(presets)
 
 
-def _accuracy(metrics: Mapping[str, float]) -> float:
+def _accuracy(test: float, val: float) -> float:
     """Test accuracy when the federation evaluates the test split (not NaN), else validation accuracy."""
-    test = metrics["test_accuracy"]
-    return float(metrics["val_accuracy"] if test != test else test)
+    return float(val if test != test else test)
 
 
 def _none_if_nan(value: float) -> float | None:

@@ -10,6 +10,7 @@ QPA's start offsets). Importing this module is cheap: torch is imported when an 
 from __future__ import annotations
 
 import importlib.util
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ __all__ = ["QAAAdapter", "QPAAdapter", "QuantumAdapter"]
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-class QuantumAdapter:
+class QuantumAdapter(ABC):
     """What ``qpa`` and ``qaa`` share: availability, option parsing, save and load."""
 
     name = ""
@@ -36,19 +37,21 @@ class QuantumAdapter:
         """No extra kwargs: the base model stays in its dtype."""
         return {}
 
+    @abstractmethod
     def options(self, extra: dict[str, Any]) -> Any:
         """The adapter's options parsed from ``extra``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def layer_class(self) -> type:
         """The module class that wraps each target."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _attach(self, model: Any, targets: list[str], config: AdapterConfig, options: Any) -> Any:
-        raise NotImplementedError
+        """Wrap every target of ``model`` in :meth:`layer_class` layers; return the model."""
 
+    @abstractmethod
     def _state(self, model: Any) -> dict[str, Any]:
-        raise NotImplementedError
+        """The adapter's tensors by name (what :meth:`save` writes and :meth:`load` expects)."""
 
     def attach(self, model: Any, config: AdapterConfig, target_modules: tuple[str, ...] = ()) -> Any:
         """Freeze ``model`` and add fresh adapter layers on the targets (in place; returns ``model``)."""
