@@ -14,7 +14,7 @@ from qflgym.agents.controllers import make_controller
 from qflgym.agents.controllers.sb3 import SB3Controller
 from qflgym.agents.training.algorithms import ALGORITHMS, UnsupportedActionSpaceError, check_action_space, supporting
 from qflgym.agents.training.hyperparams import default_hyperparams_path, load_hyperparams, parse_schedule, resolve
-from qflgym.agents.training.sb3 import train
+from qflgym.agents.training.sb3 import EVAL_SEED_OFFSET, train
 from qflgym.config import ConfigError
 
 #: A tiny preset each algorithm supports, and the overrides that make 64 steps train something.
@@ -96,7 +96,7 @@ def test_run_directory_holds_config_command_models_and_logs(tmp_path):
     hp = zoo["QFL/ClientSelection-Tiny-v0"]
     assert hp["n_steps"] == 32 and hp["n_timesteps"] == 64 and hp["policy_kwargs"] == "dict(net_arch=[16])"
     args = yaml.safe_load((run / "config.yaml").read_text())
-    assert args["algo"] == "ppo" and args["train_env_seeds"] == [0] and args["eval_env_seed"] == 10_000
+    assert args["algo"] == "ppo" and args["train_env_seeds"] == [0] and args["eval_env_seed"] == EVAL_SEED_OFFSET
     assert args["resolved_hyperparams"] == hp
     assert "stable-baselines3" in json.loads((run / "run.json").read_text())["versions"]
     assert (run / "command.txt").read_text().strip() == "qflgym train --algo ppo"

@@ -43,6 +43,11 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
         default=1,
         help="torch/BLAS threads per process (default 1: fastest for small circuits and MLPs)",
     )
+    p.add_argument(
+        "--pretrain",
+        help="behaviour-cloning warm start, inline YAML or a file: '{teacher: cost-aware, teacher_kwargs: {k: 3}, "
+        "dagger_iterations: 4}' (fields: qflgym.agents.training.imitation.PretrainConfig)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
     p.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2), help="SB3 verbosity")
@@ -76,6 +81,7 @@ def _run_train(args: argparse.Namespace) -> int:
         "device": args.device,
         "torch_threads": args.torch_threads,
         "verbose": args.verbose,
+        "pretrain": mapping_arg(args.pretrain, "--pretrain") or None,
     }
     result = train(config, argv=args.argv)
     out = console()

@@ -5,10 +5,13 @@ hyperparameters of the env id in a zoo-format YAML file (:mod:`qflgym.agents.tra
 
 1. checks that the algorithm supports the env's action space (the error lists the algorithms that do),
 2. builds ``n_envs`` vectorized training envs (seeds ``seed .. seed + n_envs - 1``) and one evaluation env
-   (seed ``seed + EVAL_SEED_OFFSET``, so evaluation episodes differ from training ones),
-3. trains with an ``EvalCallback`` (the best model is kept) and a ``CheckpointCallback``, logging to
+   (seed ``seed + EVAL_SEED_OFFSET``, so evaluation episodes differ from training ones and from the benchmark
+   evaluation seeds 10000..),
+3. with ``pretrain``, warm-starts the policy by behaviour cloning a teacher controller (and DAgger rounds,
+   :mod:`qflgym.agents.training.imitation`), saved as ``pretrained_model.zip``,
+4. trains with an ``EvalCallback`` (the best model is kept) and a ``CheckpointCallback``, logging to
    TensorBoard and showing a progress bar,
-4. writes the run directory::
+5. writes the run directory::
 
        runs/<algo>/<env>__s<seed>__<time>/
          model.zip            final model          best_model.zip     best periodic evaluation
@@ -17,7 +20,7 @@ hyperparameters of the env id in a zoo-format YAML file (:mod:`qflgym.agents.tra
          config.yaml          every resolved setting and seed    command.txt   the command line
          run.json             package versions (the record of :func:`qflgym.runs.write_run_record`)
          hyperparams.yml      the hyperparameters actually used, in zoo format (re-runnable with --hyperparams)
-         metrics.json         timesteps, seconds, steps per second
+         metrics.json         timesteps, seconds, steps per second (and the pretraining's figures)
 """
 
 from __future__ import annotations
@@ -35,13 +38,14 @@ from pydantic import Field
 from qflgym.agents.runtime import check_env_id, limited_threads, make_env, make_vec_env
 from qflgym.agents.training.algorithms import check_action_space
 from qflgym.agents.training.hyperparams import default_hyperparams_path, load_hyperparams, resolve
+from qflgym.agents.training.imitation import PretrainConfig, PretrainResult, pretrain
 from qflgym.config import ConfigError, StrictModel, build_config
 from qflgym.runs import to_yaml_safe, write_run_record
 
 __all__ = ["EVAL_SEED_OFFSET", "TrainConfig", "TrainResult", "run_name", "train"]
 
 #: The periodic-evaluation env of a run seeded ``seed`` uses seed ``seed + EVAL_SEED_OFFSET``.
-EVAL_SEED_OFFSET = 10_000
+EVAL_SEED_OFFSET = 50_000
 
 
 class TrainConfig(StrictModel):
@@ -86,6 +90,8 @@ class TrainConfig(StrictModel):
     MLPs, see :mod:`qflgym.agents.runtime`); None leaves the libraries' defaults."""
     verbose: int = Field(0, ge=0, le=2)
     """SB3 verbosity."""
+    pretrain: PretrainConfig | None = None
+    """Behaviour-cloning warm start from a teacher controller (on-policy algorithms without ``normalize``)."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,11 @@ def _train(cfg: TrainConfig, argv: list[str] | None) -> TrainResult:
         raise ConfigError(f"no training budget: pass timesteps or set n_timesteps for {cfg.env} in {hp_path}")
     n_envs = cfg.n_envs or int(trainer.get("n_envs", 1))
     normalize = trainer.get("normalize", False)
+    if cfg.pretrain is not None and (algo_spec.off_policy or normalize):
+        raise ConfigError(
+            f"pretrain: behaviour cloning warm-starts an actor-critic policy on raw observations; got algo="
+            f"{cfg.algo!r} with normalize={normalize!r}; allowed: ppo, a2c or maskable-ppo without normalize"
+        )
     policy = trainer.get("policy", "MlpPolicy")
 
     from stable_baselines3.common.callbacks import CheckpointCallback
@@ -239,6 +250,9 @@ def _train(cfg: TrainConfig, argv: list[str] | None) -> TrainResult:
         tensorboard_log=str(run_dir / "tb") if cfg.tensorboard else None,
         **algo_kwargs,
     )
+    pretrained = None
+    if cfg.pretrain is not None:
+        pretrained = _pretrain(model, cfg, cfg.pretrain, algo_spec.uses_action_masks, run_dir)
     start = time.perf_counter()
     try:
         model.learn(total_timesteps=int(timesteps), callback=callbacks, progress_bar=cfg.progress)
@@ -262,5 +276,28 @@ def _train(cfg: TrainConfig, argv: list[str] | None) -> TrainResult:
         "seconds": round(seconds, 3),
         "steps_per_second": round(result.steps_per_second, 2),
     }
+    if pretrained is not None:
+        metrics["pretrain"] = {
+            "seconds": round(pretrained.seconds, 3),
+            "demonstration_steps": pretrained.steps,
+            "teacher_objective": pretrained.teacher_objective,
+            "dagger_objectives": pretrained.dagger_objectives,
+            "first_loss": pretrained.clone.first_loss,
+            "last_loss": pretrained.clone.last_loss,
+            "agreement": pretrained.clone.agreement,
+        }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return result
+
+
+def _pretrain(
+    model: Any, cfg: TrainConfig, settings: PretrainConfig, action_masks: bool, run_dir: Path
+) -> PretrainResult:
+    """Behaviour-clone the teacher of ``settings`` into ``model`` and save it as ``pretrained_model.zip``."""
+    env = make_env(cfg.env, cfg.env_config)
+    try:
+        result = pretrain(model, env, settings, cfg.seed, action_masks)
+    finally:
+        env.close()
+    model.save(str(run_dir / "pretrained_model.zip"))
     return result
