@@ -201,6 +201,12 @@ def test_parse_overrides_reads_yaml_values():
         "learning_rate": "lin_1e-3",
         "policy_kwargs": "dict(net_arch=[16])",
     }
+    assert parse_overrides(["learning_rate=1e-4", "clip_range=2E+1", "name=e5", "x=1.5"]) == {
+        "learning_rate": 1e-4,
+        "clip_range": 20.0,
+        "name": "e5",
+        "x": 1.5,
+    }
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["n_steps"])
 

@@ -25,6 +25,7 @@ import ast
 import copy
 import difflib
 import inspect
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,14 @@ def _did_you_mean(key: str, allowed: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+#: Scientific notation without a decimal point (``1e-4``), which YAML 1.1 (PyYAML) reads as a string.
+_EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """Parse ``key=value`` (or the zoo's ``key:value``) overrides; values are read as YAML.
+
+    ``1e-4`` is read as the number (PyYAML would read it as the string ``"1e-4"``, which SB3 rejects).
 
     Raises:
         ConfigError: An item has neither ``=`` nor ``:``.
@@ -99,7 +106,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if sep is None:
             raise ConfigError(f"hyperparameter override {item!r} must look like key=value")
         key, value = item.split(sep, 1)
-        out[key.strip()] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        out[key.strip()] = float(parsed) if isinstance(parsed, str) and _EXPONENT_NUMBER.fullmatch(parsed) else parsed
     return out
 
 
