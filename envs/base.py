@@ -428,7 +428,7 @@ class QFLEnv(Snapshots, gym.Env, ABC):
             c[:, index[name]] = column
         g = self._global_features()
         globals_ = np.array([g[name] for name in self.layout.global_features], dtype=np.float32)
-        obs = np.concatenate((c.reshape(-1), globals_))
+        obs = np.concatenate((c.ravel(), globals_))
         if not np.isfinite(obs).all():
             bad = [name for name, value in g.items() if not math.isfinite(value)] or ["a client feature"]
             raise FloatingPointError(f"{type(self).__name__}: observation is not finite ({', '.join(bad)})")
@@ -436,7 +436,7 @@ class QFLEnv(Snapshots, gym.Env, ABC):
         np.maximum(obs, self._obs_low, out=obs)
         if self._dict_obs:
             return {
-                "clients": obs[: self.layout.client_size].reshape(self.n_clients, -1),
+                "clients": obs[: self.layout.client_size].reshape(self.n_clients, self.layout.n_client_features),
                 "global": obs[self.layout.client_size :],
             }
         return obs
