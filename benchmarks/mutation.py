@@ -158,16 +158,7 @@ def review_mutants() -> list[Mutant]:
 
 
 #: ``(path, stripped source line, description) -> why the mutant cannot change behaviour``.
-_ONE_CALL = "the names, callables and weights come from one resolve_terms call: their lengths are equal"
 EQUIVALENT: dict[tuple[str, str, str], str] = {
-    (
-        "envs/base.py",
-        "return {name: float(fn(ctx)) for name, fn in zip(self._reward_names, self._reward_fns, strict=True)}",
-        "True -> False",
-    ): _ONE_CALL,
-    ("envs/base.py", "for weight, value in zip(self._reward_weights, terms.values(), strict=True):", "True -> False"): (
-        _ONE_CALL
-    ),
     ("envs/rewards.py", "RewardTerm = Callable[[RewardContext], float]", "drop the statement"): (
         "a type alias: with postponed annotations only type checkers read it"
     ),

@@ -191,15 +191,14 @@ def uniform_loss(n_classes: int) -> float:
 
 def resolve_terms(
     weights: dict[str, float], custom: dict[str, RewardTerm]
-) -> tuple[tuple[str, ...], tuple[RewardTerm, ...], tuple[float, ...]]:
+) -> tuple[dict[str, RewardTerm], dict[str, float]]:
     """Look up every weighted term once (custom callables first, then the registry).
 
     Returns:
-        ``(names, callables, weights)`` in the order of ``weights``.
+        ``(callables, weights)``, both keyed by the term's name in the order of ``weights``.
 
     Raises:
         KeyError: Naming the allowed terms when a name is unknown.
     """
-    names = tuple(weights)
-    fns = tuple(custom[name] if name in custom else REWARDS.get(name) for name in names)
-    return names, fns, tuple(float(weights[n]) for n in names)
+    fns = {name: custom[name] if name in custom else REWARDS.get(name) for name in weights}
+    return fns, {name: float(weight) for name, weight in weights.items()}
