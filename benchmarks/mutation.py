@@ -61,13 +61,14 @@ CORE_TESTS: tuple[str, ...] = ("tests/test_envs_numbers.py", "tests/test_federat
 #: The env step's methods in ``envs/base.py`` (everything a step runs after the codec decoded the action).
 STEP_METHODS: tuple[str, ...] = (
     "step",
-    "_run_round",
+    "begin_step",
+    "end_step",
     "_rewards",
     "_reward",
     "_terminated",
     "_truncated",
-    "_record",
     "_info",
+    "objective_value",
     "_apply_report",
     "_read_availability",
     "_observation",
@@ -98,10 +99,11 @@ TARGETS: tuple[Target, ...] = (
         "core-costs",
         "qflgym.qfl_core.federation",
         "qfl_core/federation.py",
-        ("run_round", "param_bytes"),
+        ("finish_round", "_client_reports"),
         COST_WORDS,
         CORE_TESTS,
     ),
+    Target("core-costs", "qflgym.qfl_core.federation", "qfl_core/federation.py", ("param_bytes",), None, CORE_TESTS),
     Target("core-costs", "qflgym.qfl_core.clients", "qfl_core/clients.py", None, COST_WORDS, CORE_TESTS),
 )
 
@@ -156,22 +158,10 @@ def review_mutants() -> list[Mutant]:
 
 
 #: ``(path, stripped source line, description) -> why the mutant cannot change behaviour``.
-_ONE_CALL = "the names, callables and weights come from one resolve_terms call: their lengths are equal"
-_RESHAPE = "numpy reads any negative size as 'the rest' (-2 is -1)"
 EQUIVALENT: dict[tuple[str, str, str], str] = {
-    (
-        "envs/base.py",
-        "return {name: float(fn(ctx)) for name, fn in zip(self._reward_names, self._reward_fns, strict=True)}",
-        "True -> False",
-    ): _ONE_CALL,
-    ("envs/base.py", "for weight, value in zip(self._reward_weights, terms.values(), strict=True):", "True -> False"): (
-        _ONE_CALL
-    ),
     ("envs/rewards.py", "RewardTerm = Callable[[RewardContext], float]", "drop the statement"): (
         "a type alias: with postponed annotations only type checkers read it"
     ),
-    ("envs/base.py", "obs = np.concatenate((c.reshape(-1), globals_))", "1 -> 2"): _RESHAPE,
-    ("envs/base.py", '"clients": obs[: self.layout.client_size].reshape(self.n_clients, -1),', "1 -> 2"): _RESHAPE,
 }
 
 
@@ -292,10 +282,18 @@ def _is_docstring(stmt: ast.stmt) -> bool:
 
 
 def _scopes(tree: ast.Module, target: Target) -> list[ast.AST]:
-    """The nodes to mutate: the whole module, or the named functions (methods included)."""
+    """The nodes to mutate: the whole module, or the named functions (methods included).
+
+    Raises:
+        ValueError: If a named function is not in the module (a renamed one would silently go unmutated).
+    """
     if target.functions is None:
         return [tree]
-    return [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name in target.functions]
+    scopes = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name in target.functions]
+    missing = sorted(set(target.functions) - {n.name for n in scopes})
+    if missing:
+        raise ValueError(f"{target.path}: no function named {', '.join(missing)}; update the mutation targets")
+    return scopes
 
 
 def _walk(tree: ast.Module, target: Target, lines: list[str]) -> Iterator[tuple[int, str, Callable[[], None]]]:
@@ -465,6 +463,10 @@ def main(argv: list[str] | None = None) -> int:
     # Load every third-party dependency (and pytest's machinery) once, before forking.
     files = dict.fromkeys(t.split("::")[0] for t in ENV_TESTS + CORE_TESTS)
     pytest.main(["--collect-only", "-qq", "-p", "no:cacheprovider", *files])
+    elsewhere = [m for m in ("qflgym.envs", "qflgym.qfl_core") if ROOT not in Path(sys.modules[m].__file__).parents]
+    if elsewhere:
+        print(f"{', '.join(elsewhere)} imported from outside {ROOT}: run this checkout's python (its .venv)")
+        return 2
 
     began, pid = time.monotonic(), _spawn(None)
     while (outcome := _outcome(pid, began, 4 * args.timeout)) is None:

@@ -129,9 +129,7 @@ class QFLEnv(Snapshots, gym.Env, ABC):
         self.action_codec: ActionCodec = self._make_codec()
         self.action_space = self.action_codec.space
         self._selection_rule = SELECTION_RULES.get(cfg.selection_rule)
-        self._reward_names, self._reward_fns, self._reward_weights = resolve_terms(
-            dict(cfg.reward_weights), dict(cfg.reward_terms)
-        )
+        self._reward_fns, self._reward_weights = resolve_terms(dict(cfg.reward_weights), dict(cfg.reward_terms))
         self.federation: Federation | None = None
         self._fed_seed: int | None = None
         self._fed_cache: OrderedDict[int, tuple[Federation, dict[str, Any]]] = OrderedDict()
@@ -322,7 +320,7 @@ class QFLEnv(Snapshots, gym.Env, ABC):
             cost_scale=self.config.cost_scale,
             env=self,
         )
-        return {name: float(fn(ctx)) for name, fn in zip(self._reward_names, self._reward_fns, strict=True)}
+        return {name: float(fn(ctx)) for name, fn in self._reward_fns.items()}
 
     def _reward(self, terms: dict[str, float]) -> float:
         """The weighted sum of the terms (weights from ``reward_weights``).
@@ -331,8 +329,8 @@ class QFLEnv(Snapshots, gym.Env, ABC):
             FloatingPointError: If the sum is not finite (naming every term).
         """
         reward = 0.0
-        for weight, value in zip(self._reward_weights, terms.values(), strict=True):
-            reward += weight * value
+        for name, value in terms.items():
+            reward += self._reward_weights[name] * value
         if not math.isfinite(reward):
             raise FloatingPointError(f"reward is not finite: terms {terms}")
         return reward
@@ -428,7 +426,7 @@ class QFLEnv(Snapshots, gym.Env, ABC):
             c[:, index[name]] = column
         g = self._global_features()
         globals_ = np.array([g[name] for name in self.layout.global_features], dtype=np.float32)
-        obs = np.concatenate((c.reshape(-1), globals_))
+        obs = np.concatenate((c.ravel(), globals_))
         if not np.isfinite(obs).all():
             bad = [name for name, value in g.items() if not math.isfinite(value)] or ["a client feature"]
             raise FloatingPointError(f"{type(self).__name__}: observation is not finite ({', '.join(bad)})")
@@ -436,7 +434,7 @@ class QFLEnv(Snapshots, gym.Env, ABC):
         np.maximum(obs, self._obs_low, out=obs)
         if self._dict_obs:
             return {
-                "clients": obs[: self.layout.client_size].reshape(self.n_clients, -1),
+                "clients": obs[: self.layout.client_size].reshape(self.n_clients, self.layout.n_client_features),
                 "global": obs[self.layout.client_size :],
             }
         return obs

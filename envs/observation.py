@@ -12,12 +12,13 @@ clipped to the bounds in :data:`CLIENT_FEATURE_BOUNDS` / :data:`GLOBAL_FEATURE_B
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from gymnasium import spaces
+
+from .rewards import uniform_loss
 
 if TYPE_CHECKING:
     from qflgym.qfl_core.federation import Federation
@@ -234,7 +235,7 @@ class ObservationLayout:
             return np.array(obs, dtype=np.float32)
         c = np.asarray(obs["clients"], dtype=np.float32)
         g = np.asarray(obs["global"], dtype=np.float32)
-        return np.concatenate([c.reshape(*c.shape[:-2], -1), g], axis=-1)
+        return np.concatenate([c.reshape(*c.shape[:-2], self.client_size), g], axis=-1)
 
 
 def client_step_costs(fed: Federation, local_steps: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -253,7 +254,7 @@ def client_step_costs(fed: Federation, local_steps: int = 1) -> tuple[np.ndarray
 
 
 def static_client_features(
-    fed: Federation, layout: ObservationLayout, shot_price: float = 0.0, cost_scale: float = 1.0
+    fed: Federation, layout: ObservationLayout, shot_price: float, cost_scale: float
 ) -> np.ndarray:
     """The client features fixed for the federation's lifetime, ``[N, layout.n_client_features]`` ``float32``.
 
@@ -293,7 +294,7 @@ def static_client_features(
     return c
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RoundScales:
     """Reference scales of a round in which every client trains, for the cost features and reward terms.
 
@@ -321,5 +322,5 @@ class RoundScales:
             time=float(cfg.server_time_s + seconds.max()),
             shots=float(max(shots.sum(), 1.0)),
             norm=float(cfg.training.lr * cfg.training.local_steps),
-            loss=math.log(fed.n_classes) if fed.n_classes > 1 else 1.0,
+            loss=uniform_loss(fed.n_classes),
         )

@@ -46,7 +46,7 @@ from qflgym.registry import Registry
 if TYPE_CHECKING:
     from qflgym.qfl_core.federation import RoundReport
 
-__all__ = ["REWARDS", "RewardContext", "RewardTerm", "reward_term"]
+__all__ = ["REWARDS", "RewardContext", "RewardTerm", "reward_term", "uniform_loss"]
 
 
 @dataclass(slots=True)
@@ -114,7 +114,7 @@ def accuracy_gain(ctx: RewardContext) -> float:
 @reward_term("loss_drop")
 def loss_drop(ctx: RewardContext) -> float:
     """Decrease of validation loss in this step, in units of ``ln K`` (the loss of a uniform guess)."""
-    scale = _ln(ctx.n_classes)
+    scale = uniform_loss(ctx.n_classes)
     return (ctx.prev_val_loss - ctx.val_loss) / scale
 
 
@@ -184,21 +184,21 @@ BUILTIN_TERMS: tuple[str, ...] = (
 )
 
 
-def _ln(k: int) -> float:
-    return math.log(k) if k > 1 else 1.0
+def uniform_loss(n_classes: int) -> float:
+    """``ln K``, the cross-entropy of a uniform guess over ``K`` classes: the unit of losses (1 for one class)."""
+    return math.log(n_classes) if n_classes > 1 else 1.0
 
 
 def resolve_terms(
     weights: dict[str, float], custom: dict[str, RewardTerm]
-) -> tuple[tuple[str, ...], tuple[RewardTerm, ...], tuple[float, ...]]:
+) -> tuple[dict[str, RewardTerm], dict[str, float]]:
     """Look up every weighted term once (custom callables first, then the registry).
 
     Returns:
-        ``(names, callables, weights)`` in the order of ``weights``.
+        ``(callables, weights)``, both keyed by the term's name in the order of ``weights``.
 
     Raises:
         KeyError: Naming the allowed terms when a name is unknown.
     """
-    names = tuple(weights)
-    fns = tuple(custom[name] if name in custom else REWARDS.get(name) for name in names)
-    return names, fns, tuple(float(weights[n]) for n in names)
+    fns = {name: custom[name] if name in custom else REWARDS.get(name) for name in weights}
+    return fns, {name: float(weight) for name, weight in weights.items()}

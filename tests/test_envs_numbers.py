@@ -8,8 +8,11 @@ env's observation, reward and ``info["rewards"]`` must equal the reference, feat
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import operator
 from pathlib import Path
+from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
@@ -28,11 +31,19 @@ from qflgym.envs.observation import (
     LABEL_FEATURES,
     MAX_LABEL_CLASSES,
     ObservationLayout,
+    RoundScales,
+    static_client_features,
 )
 from qflgym.envs.rewards import BUILTIN_TERMS
+from qflgym.qfl_core.clients import DeviceProfile
+from qflgym.qfl_core.federation import ClientReport
+from qflgym.qfl_core.partition import client_statistics
 
+#: The reference scales of the reward context, reported by custom terms so that they are checked by hand too.
+SCALES = ("bytes_scale", "time_scale", "shots_scale")
+SCALE_TERMS = {name: operator.attrgetter(name) for name in SCALES}
 #: Distinct non-zero weights, so that every term moves the reward.
-WEIGHTS = {name: 0.1 * (i + 1) * (-1) ** i for i, name in enumerate(BUILTIN_TERMS)}
+WEIGHTS = {name: 0.1 * (i + 1) * (-1) ** i for i, name in enumerate((*BUILTIN_TERMS, "cost", *SCALES))}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -108,19 +119,24 @@ class Reference:
         self.lr, self.steps = self.base_lr * cfg.lr_multiplier, cfg.fixed_local_steps
         self.rounds = 0
         self.reached = False
-        self.totals = {"bytes": 0.0, "time": 0.0, "shots": 0.0}
+        self.totals = {"bytes": 0.0, "time": 0.0, "shots": 0.0, "cost": 0.0}
+        self.shot_price, self.cost_scale, self.cost_budget = cfg.shot_price, cfg.cost_scale, cfg.cost_budget
+        self.cost_reference = cfg.cost_budget or self.budget * cfg.cost_scale  # documented for cost_spent
         self.last_loss = np.ones(n)
         self.last_selected = np.zeros(n)
         self.times_selected = np.zeros(n)
         self.update_norm = np.zeros(n)
         self.cosine = np.zeros(n)
-        self.available = np.ones(n)
+        self.available = np.asarray(fed.available, dtype=float)  # drawn by the federation at its start
         # A round in which every client trains for the fixed local steps (see qfl_core/clients.py).
         sizes = np.array([s.size for s in fed.client_stats], dtype=float)
         shots = np.array([p.shots or 0 for p in fed.profiles], dtype=float)
         latency = np.array([p.latency_s for p in fed.profiles])
-        executions = np.minimum(sizes, cfg.federation.training.batch_size) * (1 + 2 * fed.spec.n_circuit_params)
-        executions = executions * cfg.fixed_local_steps
+        self.shots, self.latency = shots, latency
+        self.step_executions = np.minimum(sizes, cfg.federation.training.batch_size) * (
+            1 + 2 * fed.spec.n_circuit_params
+        )
+        executions = self.step_executions * cfg.fixed_local_steps
         self.full = {
             "bytes": 2 * n * fed.param_bytes,
             "time": cfg.federation.server_time_s + (executions * latency).max(),
@@ -141,7 +157,11 @@ class Reference:
         }
         for j, name in enumerate(LABEL_FEATURES):
             self.static[name] = fractions[:, j] if j < fed.n_classes else np.zeros(n)
-        assert (readout > 0).any() and (depol > 0).any() and (shots > 0).any() and (shots == 0).any()
+        # v1: one local step's seconds and priced shots, in units of cost_scale
+        self.static["step_time"] = self.step_executions * latency / cfg.cost_scale
+        self.static["step_shot_cost"] = cfg.shot_price * self.step_executions * shots / cfg.cost_scale
+        self.mixed_devices = bool((readout > 0).any() and (depol > 0).any() and (shots > 0).any())
+        self.mixed_devices = self.mixed_devices and bool((shots == 0).any())
 
     def step(self, stopped: bool) -> dict[str, float]:
         """Book the last step (from the env's last report) and return the reward terms by hand."""
@@ -154,6 +174,7 @@ class Reference:
                 self.last_selected[i] = self.rounds
                 self.times_selected[i] += 1
             for c in report.clients:
+                self.check_client_costs(c, report.local_steps)
                 self.last_loss[c.client_id] = c.loss_before / self.ln_k
                 self.update_norm[c.client_id] = math.tanh(c.update_norm / self.norm_scale)
                 self.cosine[c.client_id] = c.update_cosine
@@ -165,6 +186,8 @@ class Reference:
             "time": 0.0 if report is None else report.wall_time_s,
             "shots": 0.0 if report is None else report.shots_used,
         }
+        costs["cost"] = costs["time"] + self.shot_price * costs["shots"]
+        self.cost = costs["cost"]
         for key, value in costs.items():
             self.totals[key] += value
         reached_now = self.target is not None and not self.reached and self.acc >= self.target
@@ -180,7 +203,24 @@ class Reference:
             "target_bonus": float(reached_now),
             "stop_accuracy": self.acc if stopped else 0.0,
             "early_stop_penalty": missing if stopped else 0.0,
+            "cost": costs["cost"] / self.cost_scale,
+            "bytes_scale": self.full["bytes"],
+            "time_scale": self.full["time"],
+            "shots_scale": self.full["shots"],
         }
+
+    def check_client_costs(self, client: ClientReport, local_steps: int) -> None:
+        """A trained client's executions, shots and seconds: its minibatch steps x one step's (qfl_core's model)."""
+        i = client.client_id
+        executions = self.step_executions[i] * local_steps
+        assert client.circuit_executions == executions
+        assert client.shots_used == executions * self.shots[i]
+        assert client.wall_time_s == pytest.approx(executions * self.latency[i], rel=1e-12)
+
+    @property
+    def over_cost_budget(self) -> bool:
+        """The cost spent has reached the cost budget."""
+        return self.cost_budget is not None and self.totals["cost"] >= self.cost_budget
 
     def client_features(self) -> dict[str, np.ndarray]:
         """Every client feature by name, clipped to its bounds."""
@@ -191,7 +231,7 @@ class Reference:
         features["available"] = self.available
         features["last_update_norm"] = self.update_norm
         features["update_cosine"] = self.cosine
-        return {name: np.clip(features[name], *CLIENT_FEATURE_BOUNDS[name]) for name in CLIENT_FEATURES}
+        return {name: np.clip(features[name], *CLIENT_FEATURE_BOUNDS[name]) for name in self.u.layout.client_features}
 
     def global_features(self) -> dict[str, float]:
         """Every global feature by name, clipped to its bounds."""
@@ -208,8 +248,10 @@ class Reference:
             "local_steps": self.steps / self.max_steps,
             "available_fraction": self.available.mean(),
             "target_gap": 0.0 if self.target is None else self.target - self.acc,
+            "cost_spent": self.totals["cost"] / self.cost_reference,
         }
-        return {name: float(np.clip(features[name], *GLOBAL_FEATURE_BOUNDS[name])) for name in GLOBAL_FEATURES}
+        bounds = GLOBAL_FEATURE_BOUNDS
+        return {name: float(np.clip(features[name], *bounds[name])) for name in self.u.layout.global_features}
 
     def check_info(self, info: dict, terminated: bool) -> None:
         """The step's ``info``: the round's counts and costs, the running totals, the flags."""
@@ -231,12 +273,25 @@ class Reference:
             "total_bytes": self.totals["bytes"],
             "total_wall_time_s": self.totals["time"],
             "total_shots": self.totals["shots"],
+            "cost": self.cost,
+            "total_cost": self.totals["cost"],
+            "objective": self.objective(),
             "stopped": report is None,
             "target_reached": self.reached,
         }
         assert {k: info[k] for k in expected} == pytest.approx(expected, rel=1e-12)
         assert info["test_accuracy"] is None  # evaluate_test is off in the tiny preset
         assert not terminated or info["stopped"] or info["target_reached"]
+
+    def objective(self) -> float:
+        """``info["objective"]`` by its documented definition (the tiny presets evaluate no test split)."""
+        cfg = self.u.config
+        if cfg.objective == "rounds_to_target":
+            return float(self.rounds if self.reached else self.budget)
+        if cfg.objective == "cost_to_target":
+            return self.totals["cost"] if self.reached else (self.cost_budget or math.inf)
+        assert cfg.objective == "error_plus_cost"
+        return (1.0 - self.acc) + cfg.cost_weight * self.totals["cost"] / self.cost_scale
 
     def check_observation(self, obs: np.ndarray) -> None:
         layout = self.u.layout
@@ -246,13 +301,21 @@ class Reference:
             assert layout.global_(obs, name) == pytest.approx(expected, rel=1e-6, abs=1e-7), name
 
 
-def _run(env_id: str, config: dict, decisions: list[ControlDecision | None], seed: int = 5) -> list[dict]:
-    """Step through ``decisions`` (``None``: the env's own rule), checking everything against the reference."""
-    env = gym.make(env_id, config={"reward_weights": WEIGHTS, **config})
+def _run(
+    env_id: str, config: dict, decisions: list[ControlDecision | None], seed: int = 5, mixed: bool = True
+) -> list[dict]:
+    """Step through ``decisions`` (``None``: the env's own rule), checking everything against the reference.
+
+    ``mixed``: the federation must have noisy and noiseless, finite-shot and exact clients (so that a feature
+    computed on the wrong client's device shows).
+    """
+    env = gym.make(env_id, config={"reward_weights": WEIGHTS, "reward_terms": SCALE_TERMS, **config})
     u = env.unwrapped
     obs, info = env.reset(seed=seed)
     env.action_space.seed(seed)
     ref = Reference(env, info)
+    assert ref.mixed_devices or not mixed
+    assert u.config.reward_weights == WEIGHTS  # every term reported, none of them weighted 0
     ref.check_observation(obs)
     steps = []
     for i, decision in enumerate(decisions, start=1):
@@ -264,7 +327,7 @@ def _run(env_id: str, config: dict, decisions: list[ControlDecision | None], see
         assert info["rewards"] == pytest.approx(terms, rel=1e-9, abs=1e-12)
         assert reward == pytest.approx(sum(WEIGHTS[k] * v for k, v in terms.items()), rel=1e-9, abs=1e-12)
         assert terminated == (stopped or terms["target_bonus"] == 1.0)
-        assert truncated == (not terminated and i == ref.budget)
+        assert truncated == (not terminated and (i == ref.budget or ref.over_cost_budget))
         ref.check_info(info, terminated=terminated)
         steps.append({"terms": terms, "report": u.last_report, "terminated": terminated, "truncated": truncated})
         if terminated or truncated:
@@ -349,3 +412,120 @@ def test_a_non_finite_observation_raises_naming_the_feature(monkeypatch):
     monkeypatch.setattr(Federation, "evaluate", nan_loss)
     with pytest.raises(FloatingPointError, match="val_loss, val_loss_change"):
         gym.make("QFL/ClientSelection-Tiny-v0").reset(seed=0)
+
+
+V1_FULL_CONTROL = "QFL/FullControl-Tiny-v1"
+#: A v1 federation with noisy and noiseless, finite-shot and exact clients, and a shot price that shows.
+MIXED_V1 = {
+    "shot_price": 1e-4,
+    "federation": {"clients": {"shots": [32, None], "depolarizing": [0.0, 0.05]}},
+}
+
+
+def test_v1_full_control_by_hand_with_step_prices_the_cost_spent_and_a_stop():
+    env = gym.make(V1_FULL_CONTROL, config=MIXED_V1)
+    grid, n = env.unwrapped.action_codec.lr_grid, env.unwrapped.n_clients
+    assert env.unwrapped.config.cost_scale != 1.0
+    decisions = [
+        _select(list(range(n)), n, lr=grid[2], local_steps=2),
+        _select([1, 4], n, lr=grid[-1], local_steps=3),
+        ControlDecision(stop=True),
+    ]
+    steps = _run(V1_FULL_CONTROL, MIXED_V1, decisions, seed=0)
+    assert steps[-1]["terminated"] and steps[-1]["report"] is None
+    assert steps[1]["terms"]["cost"] > 0.0 == steps[-1]["terms"]["cost"]
+
+
+def test_exact_clients_and_several_local_steps_by_hand():
+    config = {
+        "target_accuracy": None,
+        "local_steps": 3,  # the env's fixed local steps: the scales' round
+        "federation": {"clients": {"shots": None}, "training": {"local_steps": 2}},  # the update-norm scale
+    }
+    steps = _run("QFL/ClientSelection-Tiny-v0", config, [_select([0, 1, 2, 3]), _select([2, 3])], mixed=False)
+    assert all(s["terms"]["shots_scale"] == 1.0 for s in steps)  # the floor: nothing to divide by otherwise
+    assert all(s["report"].shots_used == 0 and s["report"].local_steps == 3 for s in steps)
+    env = gym.make("QFL/ClientSelection-Tiny-v0", config=config)
+    env.reset(seed=5)
+    scales = RoundScales.of(env.unwrapped.federation, 3)
+    training = env.unwrapped.config.federation.training
+    assert scales.norm == training.lr * 2 and scales.shots == 1.0 and scales.loss == math.log(2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        scales.norm = 1.0  # type: ignore[misc]
+
+
+def test_the_round_that_spends_the_cost_budget_exactly_truncates():
+    def first_round(cost_budget: float | None) -> tuple[bool, dict]:
+        env = gym.make("QFL/ClientSelection-Tiny-v1", config={"cost_budget": cost_budget, "target_accuracy": None})
+        env.reset(seed=3)
+        _, _, terminated, truncated, info = env.step(env.unwrapped.action_codec.encode(_select([0, 1], 6)))
+        assert not terminated
+        return truncated, info
+
+    _, info = first_round(None)
+    cost = info["cost"]
+    assert cost > 0.0 and info["total_cost"] == cost
+    assert first_round(cost)[0] and not first_round(float(np.nextafter(cost, math.inf)))[0]
+
+
+def test_static_features_of_clients_with_one_or_no_sample_and_one_or_no_shot():
+    # clients: 1 sample (class 1); none; 3 samples (classes 0, 0, 1)
+    stats = client_statistics(np.array([1, 0, 0, 1]), [np.array([0]), np.array([], dtype=int), np.array([1, 2, 3])], 2)
+    profiles = [
+        DeviceProfile(shots=1, depolarizing=0.0, readout_error=0.0, latency_s=0.5, availability=1.0),
+        DeviceProfile(shots=None, depolarizing=0.3, readout_error=0.0, latency_s=1.0, availability=1.0),
+        DeviceProfile(shots=4, depolarizing=0.0, readout_error=0.1, latency_s=4.0, availability=1.0),
+    ]
+    config = SimpleNamespace(circuit=SimpleNamespace(n_layers=2), training=SimpleNamespace(batch_size=2))
+    fed = SimpleNamespace(
+        n_classes=2, client_stats=stats, profiles=profiles, config=config, spec=SimpleNamespace(n_circuit_params=3)
+    )
+    layout = ObservationLayout(3, "v1")
+    c = static_client_features(fed, layout, shot_price=0.5, cost_scale=4.0)
+    expected = {
+        "data_size": [1 / 3, 0.0, 1.0],
+        "label_frac_0": [0.0, 0.0, 2 / 3],
+        "label_frac_1": [1.0, 0.0, 1 / 3],
+        "noise_level": [0.0, 1 - (1 - 0.4) ** 2, 1 - 0.8],
+        "shot_noise": [1.0, 0.0, 0.5],
+        "latency": [0.125, 0.25, 1.0],
+        # one step: min(size, 2) samples x (1 + 2 x 3) executions, x latency (x shots x price) / cost_scale
+        "step_time": [7 * 0.5 / 4, 0.0, 14 * 4.0 / 4],
+        "step_shot_cost": [0.5 * 7 * 1 / 4, 0.0, 0.5 * 14 * 4 / 4],
+    }
+    index = layout.client_index
+    for name, values in expected.items():
+        np.testing.assert_allclose(c[:, index[name]], values, rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(c[:, index["label_skew"]], [s.skew for s in stats], rtol=1e-6)  # NaN if empty
+    written_by_the_env = [index[n] for n in layout.client_features if n not in expected and n != "label_skew"]
+    assert len(written_by_the_env) == 14 and not c[:, written_by_the_env].any()
+
+
+def test_layout_converts_flat_dict_and_batched_observations():
+    layout = ObservationLayout(3, "v1")
+    assert layout.features == "v1" and layout.n_client_features == len(CLIENT_FEATURES_V1)
+    f, size = layout.n_client_features, layout.size
+    obs = np.arange(size, dtype=np.float32)
+    clients, global_ = obs[: 3 * f].reshape(3, f), obs[3 * f :]
+    as_dict = layout.to_dict(obs)
+    np.testing.assert_array_equal(as_dict["clients"], clients)
+    np.testing.assert_array_equal(as_dict["global"], global_)
+    again = layout.to_dict({"clients": clients, "global": global_})
+    assert list(again) == ["clients", "global"] and not np.shares_memory(again["clients"], clients)
+    np.testing.assert_array_equal(again["clients"], clients)
+    np.testing.assert_array_equal(again["global"], global_)
+    flat = layout.to_flat(as_dict)
+    assert flat.dtype == np.float32 and flat.tolist() == obs.tolist()
+    batch = np.stack([obs, obs + 100.0])  # [2, size], as from a VecEnv
+    batch_dict = layout.to_dict(batch)
+    assert batch_dict["clients"].shape == (2, 3, f) and batch_dict["global"].shape == (2, len(GLOBAL_FEATURES_V1))
+    np.testing.assert_array_equal(batch_dict["clients"][1], clients + 100.0)
+    np.testing.assert_array_equal(layout.to_flat(batch_dict), batch)
+    copy = layout.to_flat(batch)
+    assert copy.tolist() == batch.tolist() and not np.shares_memory(copy, batch)
+    with pytest.raises(KeyError, match="allowed: data_size, label_skew"):
+        layout.client(obs, "nope")
+    with pytest.raises(KeyError, match="allowed: round_fraction, val_accuracy"):
+        layout.global_(obs, "nope")
+    with pytest.raises(ValueError, match="allowed: v0, v1"):
+        ObservationLayout(3, "v2")

@@ -7,6 +7,8 @@ import torch
 
 from qflgym.config import ConfigError
 from qflgym.qfl_core import Federation, FederationConfig
+from qflgym.qfl_core.clients import draw_profiles
+from qflgym.qfl_core.config import ClientsConfig
 
 SMALL = {"clients": {"n_clients": 6}, "data": {"max_samples": 300}}
 NOISY = {
@@ -97,6 +99,23 @@ def test_costs_follow_the_cost_model():
             slowest = max(slowest, c.wall_time_s)
         assert report.wall_time_s == pytest.approx(slowest + fed.config.server_time_s)
         assert report.shots_used == sum(c.shots_used for c in report.clients)
+        assert report.circuit_executions == sum(c.circuit_executions for c in report.clients) > 0
+        assert report.bytes_downloaded == report.bytes_uploaded
+    assert fed.param_bytes == fed.n_params * 8  # float64 parameters
+
+
+def test_latency_is_drawn_log_uniformly_over_its_range():
+    low, high = 1e-4, 1e-1
+    config = ClientsConfig(n_clients=1000, latency_s=(low, high))
+    latency = np.array([p.latency_s for p in draw_profiles(config, np.random.default_rng(7))])
+    assert low <= latency.min() and latency.max() <= high
+    # log10 of a log-uniform draw is uniform on [-4, -1]: quartiles at -3.25, -2.5, -1.75 (a uniform draw's
+    # median would be near 0.05, log10 -1.3)
+    quartiles = np.quantile(np.log10(latency), [0.25, 0.5, 0.75])
+    np.testing.assert_allclose(quartiles, [-3.25, -2.5, -1.75], atol=0.1)
+    # the same generator drawn directly (nothing else is drawn before the latency with these settings)
+    expected = np.exp(np.random.default_rng(7).uniform(math.log(low), math.log(high), size=1000))
+    np.testing.assert_allclose(latency, expected, rtol=1e-12)
 
 
 def test_offline_clients_are_announced_and_drop_out():
