@@ -247,7 +247,9 @@ def test_train_writes_a_run_directory(capsys, tmp_path):
         "batch_size=16",
         "policy_kwargs=dict(net_arch=[16])",
         "--eval-freq",
-        "0",
+        "32",
+        "--eval-episodes",
+        "1",
         "--save-freq",
         "0",
         "--no-progress",
@@ -260,6 +262,7 @@ def test_train_writes_a_run_directory(capsys, tmp_path):
     assert code == 0
     run_dir = tmp_path / "ppo" / "cli"
     assert f"run directory: {run_dir}" in out
+    assert f"best model:    {run_dir / 'best_model.zip'}" in out
     assert (run_dir / "model.zip").is_file()
     assert "--set n_steps=32" in (run_dir / "command.txt").read_text()
     code, out, _ = run(

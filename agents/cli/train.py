@@ -93,7 +93,7 @@ def _run_train(args: argparse.Namespace) -> int:
     out.print(f"run directory: {result.run_dir}", soft_wrap=True)
     out.print(f"final model:   {result.model_path}", soft_wrap=True)
     if result.best_model_path:
-        console.print(f"best model:    {result.best_model_path}", soft_wrap=True)
+        out.print(f"best model:    {result.best_model_path}", soft_wrap=True)
     return 0
 
 
