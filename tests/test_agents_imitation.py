@@ -112,7 +112,7 @@ def test_train_with_pretrain_writes_the_cloned_model_and_its_figures(tmp_path) -
             "algo": "ppo",
             "env": ENV,
             "hyperparams": str(hp),
-            "timesteps": 16,
+            "timesteps": 0,
             "out": str(tmp_path),
             "eval_freq": 0,
             "save_freq": 0,
@@ -124,6 +124,13 @@ def test_train_with_pretrain_writes_the_cloned_model_and_its_figures(tmp_path) -
     assert (result.run_dir / "pretrained_model.zip").is_file()
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert metrics["pretrain"]["demonstration_steps"] > 0 and 0 <= metrics["pretrain"]["agreement"] <= 1
+    assert metrics["timesteps"] == 0  # timesteps=0: the cloned policy is the final model
+    obs = gym.make(ENV).reset(seed=1)[0]
+    final, cloned = (
+        PPO.load(result.run_dir / name).predict(obs, deterministic=True)[0]
+        for name in ("model.zip", "pretrained_model.zip")
+    )
+    np.testing.assert_array_equal(final, cloned)
     recorded = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert recorded["pretrain"]["teacher"] == "cost-aware"
 
@@ -143,6 +150,11 @@ def test_pretrain_rejects_what_it_cannot_clone(tmp_path, algo: str, overrides: d
                 "pretrain": TEACHER,
             }
         )
+
+
+def test_zero_timesteps_needs_pretrain(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"no training budget: pass timesteps \(0 only with pretrain\)"):
+        train({"algo": "ppo", "env": ENV, "timesteps": 0, "out": str(tmp_path), "progress": False})
 
 
 def test_pretrain_config_names_bad_fields() -> None:

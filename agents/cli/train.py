@@ -27,7 +27,12 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="hyperparameter overrides, e.g. --set n_steps=256 learning_rate=lin_1e-3",
     )
-    p.add_argument("--timesteps", "-n", type=int, help="total env steps (default: the file's n_timesteps)")
+    p.add_argument(
+        "--timesteps",
+        "-n",
+        type=int,
+        help="total env steps (default: the file's n_timesteps; 0 with --pretrain: clone only)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the algorithm and training envs (default 0)")
     p.add_argument("--n-envs", type=int, help="vectorized training envs (default: the file's n_envs, else 1)")
     p.add_argument("--vec-env", choices=("dummy", "subproc"), default="dummy", help="VecEnv class")

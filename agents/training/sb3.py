@@ -61,8 +61,8 @@ class TrainConfig(StrictModel):
     """Zoo-format YAML with the hyperparameters; default the packaged ``configs/agents/<algo>.yml``."""
     overrides: dict[str, Any] = Field(default_factory=dict)
     """Hyperparameter overrides applied on top of the file (``--set key=value``)."""
-    timesteps: int | None = Field(None, ge=1)
-    """Total env steps; default the file's ``n_timesteps``."""
+    timesteps: int | None = Field(None, ge=0)
+    """Total env steps; default the file's ``n_timesteps``; 0 with ``pretrain``: the cloned policy only."""
     seed: int = Field(0, ge=0)
     """Seed of the algorithm and of the training envs (``seed + i`` for sub-env i)."""
     n_envs: int | None = Field(None, ge=1)
@@ -161,9 +161,11 @@ def _train(cfg: TrainConfig, argv: list[str] | None) -> TrainResult:
         source=f"{hp_path} [{cfg.env}]",
         sources={key: f"--set {key}={value}" for key, value in cfg.overrides.items()},
     )
-    timesteps = cfg.timesteps or trainer.get("n_timesteps")
-    if not timesteps:
-        raise ConfigError(f"no training budget: pass timesteps or set n_timesteps for {cfg.env} in {hp_path}")
+    timesteps = trainer.get("n_timesteps") if cfg.timesteps is None else cfg.timesteps
+    if not timesteps and not (timesteps == 0 and cfg.pretrain is not None):
+        raise ConfigError(
+            f"no training budget: pass timesteps (0 only with pretrain) or set n_timesteps for {cfg.env} in {hp_path}"
+        )
     n_envs = cfg.n_envs or int(trainer.get("n_envs", 1))
     normalize = trainer.get("normalize", False)
     if cfg.pretrain is not None and (algo_spec.off_policy or normalize):
@@ -255,7 +257,8 @@ def _train(cfg: TrainConfig, argv: list[str] | None) -> TrainResult:
         pretrained = _pretrain(model, cfg, cfg.pretrain, algo_spec.uses_action_masks, run_dir)
     start = time.perf_counter()
     try:
-        model.learn(total_timesteps=int(timesteps), callback=callbacks, progress_bar=cfg.progress)
+        if timesteps:
+            model.learn(total_timesteps=int(timesteps), callback=callbacks, progress_bar=cfg.progress)
     finally:
         seconds = time.perf_counter() - start
         model.save(str(run_dir / "model.zip"))
