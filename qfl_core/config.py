@@ -111,6 +111,21 @@ class CircuitConfig(StrictModel):
     """CNOT pattern: ``ring`` (range 1) or ``long_range`` (StronglyEntanglingLayers ranges)."""
     readout: Literal["linear", "grouping"] = "linear"
     """Pauli-Z expectations to logits: a trainable linear map, or a fixed grouping of qubits per class."""
+    embedding: Literal["angle", "amplitude"] = "angle"
+    """Input encoding: ``angle`` (``RX`` of ``n_qubits`` features) or ``amplitude`` (``2^n_qubits`` features as
+    the amplitudes of a unit vector, prepared once; not with ``reupload``)."""
+    readout_qubits: int | None = Field(None, ge=1, le=12)
+    """Read out only the first this many qubits (a one- or few-qubit readout), or all (``None``)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CircuitConfig:
+        if self.embedding == "amplitude" and self.reupload:
+            raise ValueError("circuit.embedding='amplitude' prepares the state once: set circuit.reupload=false")
+        if self.readout_qubits is not None and self.readout_qubits > self.n_qubits:
+            raise ValueError(
+                f"circuit.readout_qubits={self.readout_qubits} exceeds circuit.n_qubits={self.n_qubits}"
+            )
+        return self
 
 
 class BackendConfig(StrictModel):
@@ -233,12 +248,14 @@ class FederationConfig(StrictModel):
         from .data import class_count
 
         n_classes = class_count(self.data)
-        if n_classes > self.circuit.n_qubits:
+        n_readout = self.circuit.readout_qubits or self.circuit.n_qubits
+        if n_classes > n_readout:
             classes = "all classes" if self.data.classes is None else f"data.classes={list(self.data.classes)}"
+            field = "circuit.n_qubits" if self.circuit.readout_qubits is None else "circuit.readout_qubits"
             raise ValueError(
-                f"circuit.readout='grouping' needs circuit.n_qubits >= number of classes; got "
-                f"{self.circuit.n_qubits} qubits for {n_classes} classes (data.dataset={self.data.dataset!r}, "
-                f"{classes}): use circuit.readout='linear', more qubits or fewer classes"
+                f"circuit.readout='grouping' needs {field} >= number of classes; got {n_readout} qubits for "
+                f"{n_classes} classes (data.dataset={self.data.dataset!r}, {classes}): use circuit.readout='linear', "
+                f"more qubits or fewer classes"
             )
         return self
 

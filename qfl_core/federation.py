@@ -128,7 +128,8 @@ class Federation:
         cfg = self.config
         rng = np.random.default_rng(self.seed)
         self.dtype = torch.float64 if cfg.backend.dtype == "float64" else torch.float32
-        self.data: DataSplits = load_splits(cfg.data, cfg.circuit.n_qubits, rng)
+        n_features = CircuitSpec.feature_count(cfg.circuit.n_qubits, cfg.circuit.embedding)
+        self.data: DataSplits = load_splits(cfg.data, n_features, rng, cfg.circuit.embedding)
         parts = partition(self.data.y_train, cfg.clients.n_clients, cfg.partition, rng)
         self.client_stats: list[ClientDataStats] = client_statistics(self.data.y_train, parts, self.data.n_classes)
         self.profiles: list[DeviceProfile] = draw_profiles(cfg.clients, rng)
@@ -155,7 +156,7 @@ class Federation:
         self._n_eval, self._n_val = len(x_eval), len(self.data.y_val)
         batch = self.pool.batch
         n_rows = -(-self._n_eval // batch)
-        padded = np.zeros((n_rows * batch, self.spec.n_qubits))
+        padded = np.zeros((n_rows * batch, self.spec.n_features))
         padded[: self._n_eval] = x_eval
         self._eval_x = torch.as_tensor(padded, dtype=self.dtype).view(n_rows, batch, -1)
         self._eval_y = torch.as_tensor(np.concatenate([y for _, y in eval_parts]))
