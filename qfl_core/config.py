@@ -33,6 +33,7 @@ __all__ = [
     "ClientsConfig",
     "DataConfig",
     "FederationConfig",
+    "ModelConfig",
     "PartitionConfig",
     "PerClient",
     "StrategyConfig",
@@ -247,6 +248,33 @@ class StrategyConfig(StrictModel):
     _name = field_validator("name")(registered_name("qflgym.qfl_core.strategies:STRATEGIES"))
 
 
+class ModelConfig(StrictModel):
+    """What the clients train: the VQC, a classical head of comparable size, or an encoder adapter plus a head."""
+
+    kind: str = "vqc"
+    """Federation kind from :data:`qflgym.qfl_core.kinds.FEDERATION_KINDS`: ``vqc`` (the circuit), ``logreg`` /
+    ``mlp`` (classical heads on the same features), ``adapter`` (the text encoder's PEFT adapter and a head
+    fine-tuned on the clients' texts; needs the agents layer and the ``llm`` extra)."""
+    hidden: int | None = Field(None, ge=1)
+    """Hidden width of the ``mlp`` head (``None``: matched to the parameter count of the configured circuit)."""
+    head: Literal["vqc", "logreg", "mlp"] = "vqc"
+    """The head on top of the encoder in the ``adapter`` kind."""
+    adapter: str = "lora"
+    """The encoder's adapter in the ``adapter`` kind, from ``qflgym.agents.llm.adapters.ADAPTERS`` (lora, qpa, qaa)."""
+    r: int = Field(4, ge=1)
+    """Adapter rank (lora, qpa)."""
+    alpha: int = Field(8, ge=1)
+    """Adapter scaling numerator (lora, qpa: updates are scaled by ``alpha / r``)."""
+    target_modules: tuple[str, ...] = ("query", "value")
+    """Encoder modules the adapter wraps (PEFT's suffix rule; BERT-style names for MiniLM)."""
+    max_length: int = Field(64, ge=4, le=512)
+    """Tokens per text in the ``adapter`` kind (longer texts are truncated)."""
+    eval_batch_size: int = Field(128, ge=1)
+    """Samples per forward pass when a module federation evaluates its global model."""
+
+    _kind = field_validator("kind")(registered_name("qflgym.qfl_core.kinds:FEDERATION_KINDS"))
+
+
 class FederationConfig(StrictModel):
     """Everything that defines a federation; ``Federation(config, seed)`` makes it reproducible."""
 
@@ -257,6 +285,7 @@ class FederationConfig(StrictModel):
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
     server_time_s: float = Field(0.05, ge=0.0)
     """Simulated seconds the server spends per round (aggregation and evaluation)."""
     evaluate_test: bool = True
