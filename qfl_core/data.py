@@ -158,6 +158,10 @@ class DataSplits:
         train_index: Position of each training sample in the loader's output ``(X, y)`` (int64).
         val_index: Same for the validation samples.
         test_index: Same for the test samples; the three index arrays are disjoint.
+        projection: ``[d, m]`` affine map of the fitted preprocessing before the final step: raw features
+            ``X`` give ``X @ projection + offset``, which are the angles (angle embedding) or the amplitudes
+            before zero-padding to ``n_features`` and unit-normalizing (amplitude embedding).
+        offset: ``[m]`` the map's offset.
     """
 
     x_train: np.ndarray = field(repr=False)
@@ -174,6 +178,8 @@ class DataSplits:
     train_index: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64), repr=False)
     val_index: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64), repr=False)
     test_index: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64), repr=False)
+    projection: np.ndarray = field(default_factory=lambda: np.empty((0, 0)), repr=False)
+    offset: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -247,6 +253,12 @@ def load_splits(
     low, high = z_train.min(axis=0), z_train.max(axis=0)
     width = np.where(high - low > 0.0, high - low, 1.0)
 
+    # standardize -> PCA -> (angle) min/max map, as one affine map: x @ projection + offset
+    scale = config.angle_scale / width if not amplitude else np.ones_like(width)
+    shift = low if not amplitude else np.zeros_like(low)
+    projection = (pca.components_.T / scaler.scale_[:, None]) * scale[None, :]
+    offset = (-(scaler.mean_ / scaler.scale_) @ pca.components_.T - pca.mean_ @ pca.components_.T - shift) * scale
+
     def angles(indices: np.ndarray) -> np.ndarray:
         z = pca.transform(scaler.transform(x[indices]))
         if amplitude:
@@ -271,6 +283,8 @@ def load_splits(
         train_index=kept[train],
         val_index=kept[val],
         test_index=kept[test],
+        projection=projection,
+        offset=offset,
     )
 
 

