@@ -261,6 +261,9 @@ class ModelConfig(StrictModel):
     """The head on top of the encoder in the ``adapter`` kind."""
     adapter: str = "lora"
     """The encoder's adapter in the ``adapter`` kind, from ``qflgym.agents.llm.adapters.ADAPTERS`` (lora, qpa, qaa)."""
+    adapter_options: dict[str, Any] = Field(default_factory=dict)
+    """Adapter-specific options (``qpa``: chunk, depth, widths, ...; ``qaa``: depth, entangler, ...); their
+    ``seed`` is drawn from the federation seed."""
     r: int = Field(4, ge=1)
     """Adapter rank (lora, qpa)."""
     alpha: int = Field(8, ge=1)

@@ -117,3 +117,32 @@ def test_adapter_aggregation_matches_hand_computed_fedavg_and_fedadam(text_data)
         for key, value in fed.module.encoder.state_dict().items():
             if "lora" not in key:
                 assert torch.equal(value, encoder_before[key]), key  # the frozen encoder never changes
+
+
+@pytest.mark.parametrize(("adapter", "strategy"), [("qpa", "fedprox"), ("qaa", "fedyogi")])
+def test_quantum_adapters_federate_too(text_data, adapter, strategy):
+    config = {
+        "data": {"dataset": "rotten_tomatoes", "text": text_data},
+        "partition": {"min_samples": 3},
+        "clients": {"n_clients": 3},
+        "training": {"batch_size": 8},
+        "strategy": {"name": strategy},
+        "model": {"kind": "adapter", "adapter": adapter, "head": "vqc", "target_modules": ["query"]},
+    }
+    if adapter == "qpa":  # a small generator (the paper's widths make a 100k-parameter mapping network)
+        config["model"]["adapter_options"] = {"chunk": 64, "widths": [16, 16]}
+    fed = make_federation(config, seed=0)
+    start = fed.params.clone()
+    report = fed.run_round([0, 1])
+    assert not torch.equal(fed.params, start) and report.bytes_uploaded == 2 * fed.param_bytes
+    assert np.isfinite(report.val_accuracy)
+
+
+def test_adapter_kind_needs_a_text_dataset_and_a_known_adapter(text_data):
+    from qflgym.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.kind='adapter' needs a text dataset.*rotten_tomatoes"):
+        make_federation({"model": {"kind": "adapter"}, "data": {"dataset": "iris"}}, 0)
+    bad = {"data": {"dataset": "rotten_tomatoes", "text": text_data}, "model": {"kind": "adapter", "adapter": "nope"}}
+    with pytest.raises(ConfigError, match=r"model\.adapter: unknown LLM adapter 'nope'.*lora"):
+        make_federation(bad, 0)

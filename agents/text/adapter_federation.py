@@ -93,6 +93,15 @@ class AdapterFederation(ModuleFederation):
 
         cfg = self.config
         text = cfg.data.text
+        if cfg.data.dataset not in CORPORA:
+            raise ConfigError(
+                f"model.kind='adapter' needs a text dataset: data.dataset must be one of {', '.join(CORPORA.names())}, "
+                f"got {cfg.data.dataset!r}"
+            )
+        try:
+            adapter = resolve_adapter(cfg.model.adapter, verbose=False)
+        except KeyError as err:
+            raise ConfigError(f"model.adapter: {err}") from None
         encoder_entry = ENCODERS.get(text.encoder)
         if not hasattr(encoder_entry, "model_path"):
             raise ConfigError(f"data.text.encoder={text.encoder!r} has no model folder (model_path()) to fine-tune")
@@ -101,18 +110,17 @@ class AdapterFederation(ModuleFederation):
         encoder = AutoModel.from_pretrained(path, dtype=torch.float32)
         for p in encoder.parameters():
             p.requires_grad_(False)
-        try:
-            adapter = resolve_adapter(cfg.model.adapter, verbose=False)
-        except KeyError as err:
-            raise ConfigError(f"model.adapter: {err}") from None
         adapter_config = AdapterConfig(
             name=adapter.name, r=cfg.model.r, alpha=cfg.model.alpha, dropout=0.0,
             target_modules=list(cfg.model.target_modules),
         )
+        adapter_seed = int(rng.integers(2**31))
         if adapter.name in ("lora", "qlora"):  # PEFT's task: an encoder, not a causal LM
             adapter_config.extra["task_type"] = "FEATURE_EXTRACTION"
+        else:  # the quantum adapters seed their own angles and mapping networks
+            adapter_config.extra.update({**cfg.model.adapter_options, "seed": adapter_seed})
         with torch.random.fork_rng():
-            torch.manual_seed(int(rng.integers(2**62)))
+            torch.manual_seed(adapter_seed)
             encoder = adapter.attach(encoder, adapter_config, tuple(cfg.model.target_modules))
         self._texts = self._split_texts()
         amplitude = cfg.circuit.embedding == "amplitude"
@@ -125,13 +133,7 @@ class AdapterFederation(ModuleFederation):
         return TextAdapterModel(encoder, reduction, head, self.data.n_features, amplitude)
 
     def _split_texts(self) -> dict[str, list[str]]:
-        dataset = self.config.data.dataset
-        if dataset not in CORPORA:
-            raise ConfigError(
-                f"model.kind='adapter' needs a text dataset: data.dataset must be one of {', '.join(CORPORA.names())}, "
-                f"got {dataset!r}"
-            )
-        corpus = load_corpus(dataset, self.config.data.text)
+        corpus = load_corpus(self.config.data.dataset, self.config.data.text)
         return {
             split: [corpus.texts[i] for i in getattr(self.data, f"{split}_index")] for split in ("train", "val", "test")
         }
