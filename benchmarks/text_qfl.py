@@ -209,7 +209,10 @@ def main(argv: list[str] | None = None) -> None:
         args.seeds, args.qubits, args.rounds, args.adapter_rounds, args.max_samples = 2, [4, 6], 4, 2, 1000
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
-    write_run_record(args.out, {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}})
+    federations = {f"{h}/{q}q/{s}": head_config(h, q, s, args) for s in SETTINGS for q in args.qubits for h in HEADS}
+    federations |= {f"adapters/{kind}": adapter_config(kind, args) for kind in ("vqc", "adapter")}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    write_run_record(args.out, {"args": settings, "federations": federations})
     from qflgym.qfl_core.kinds import make_federation
 
     make_federation(head_config("logreg", 4, "centralized", args), 0)  # fill the corpus and embedding caches once
