@@ -146,3 +146,13 @@ def test_adapter_kind_needs_a_text_dataset_and_a_known_adapter(text_data):
     bad = {"data": {"dataset": "rotten_tomatoes", "text": text_data}, "model": {"kind": "adapter", "adapter": "nope"}}
     with pytest.raises(ConfigError, match=r"model\.adapter: unknown LLM adapter 'nope'.*lora"):
         make_federation(bad, 0)
+
+
+def test_batched_envs_run_adapter_federations_one_round_each(text_data):
+    envs = gym.make_vec(
+        "QFL/ClientSelection-TextAdapter-v1", num_envs=2, vectorization_mode="vector_entry_point",
+        config=overrides(text_data),
+    )
+    envs.reset(seed=0)
+    _, rewards, *_ = envs.step(envs.action_space.sample())
+    assert rewards.shape == (2,) and np.all(np.isfinite(rewards))
