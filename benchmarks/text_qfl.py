@@ -202,10 +202,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-samples", type=int, default=4000, help="stratified subset of the 12,808 snippets")
     parser.add_argument("--adapter-rounds", type=int, default=10)
     parser.add_argument("--adapter-local-steps", type=int, default=4)
-    parser.add_argument("--adapter-samples", type=int, default=1200)
-    parser.add_argument("--adapter-lr", type=float, default=0.01)
+    parser.add_argument("--adapter-samples", type=int, default=2000)
+    parser.add_argument(
+        "--adapter-lr", type=float, default=0.05, help="Adam lr of the head (the adapter's: x model.adapter_lr_scale)"
+    )
     parser.add_argument("--adapter-seed", type=int, default=0)
     parser.add_argument("--no-adapters", action="store_true")
+    parser.add_argument("--reuse-heads", type=Path, default=None, help="take part 1 from this text_qfl.json")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="2 seeds, 4 and 6 qubits, 4 rounds, 2 adapter rounds")
     args = parser.parse_args(argv)
@@ -223,10 +226,10 @@ def main(argv: list[str] | None = None) -> None:
     tasks = [(h, q, s, seed, args) for s in SETTINGS for q in args.qubits for h in HEADS for seed in range(args.seeds)]
     tasks.sort(key=lambda t: -t[1])  # the slow (many-qubit) runs first
     started = time.perf_counter()
-    runs = []
+    runs = json.loads(args.reuse_heads.read_text())["runs"] if args.reuse_heads else []
     with Progress() as progress, ProcessPoolExecutor(args.workers) as pool:
-        bar = progress.add_task("heads", total=len(tasks))
-        for run in pool.map(run_head, tasks):
+        bar = progress.add_task("heads", total=0 if runs else len(tasks))
+        for run in [] if runs else pool.map(run_head, tasks):
             runs.append(run)
             progress.advance(bar)
     result: dict[str, Any] = {"seeds": list(range(args.seeds)), "qubits": args.qubits, "runs": runs}

@@ -264,6 +264,8 @@ class ModelConfig(StrictModel):
     adapter_options: dict[str, Any] = Field(default_factory=dict)
     """Adapter-specific options (``qpa``: chunk, depth, widths, ...; ``qaa``: depth, entangler, ...); their
     ``seed`` is drawn from the federation seed."""
+    adapter_lr_scale: float = Field(0.1, gt=0.0, le=1.0)
+    """The adapter's local learning rate as a fraction of ``training.lr`` (the head and reduction use it all)."""
     r: int = Field(4, ge=1)
     """Adapter rank (lora, qpa)."""
     alpha: int = Field(8, ge=1)

@@ -71,6 +71,7 @@ class ModuleFederation(abc.ABC):
         if not self._trainable:
             raise ConfigError(f"model.kind={cfg.model.kind!r}: the module has no trainable parameters")
         self.params = self._vector()
+        self._lr_scales = self.lr_scales()
         self.generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         self.round = 0
         self._labels = {"train": self.data.y_train, "val": self.data.y_val, "test": self.data.y_test}
@@ -90,6 +91,10 @@ class ModuleFederation(abc.ABC):
     @abc.abstractmethod
     def executions_per_sample(self) -> int:
         """Executions a training sample costs (the cost model's unit; see the module docstring)."""
+
+    def lr_scales(self) -> torch.Tensor | None:
+        """Per-parameter multipliers ``[P]`` of every local step (``None``: all 1), e.g. a smaller adapter lr."""
+        return None
 
     # ------------------------------------------------------------------ the API envs use
     @property
@@ -159,7 +164,8 @@ class ModuleFederation(abc.ABC):
             grad = torch.cat([g.reshape(-1) for g in grads]).unsqueeze(0)
             if proximal_mu > 0:
                 grad = grad + proximal_mu * (theta - self.params)
-            theta = optimizer.step(theta, grad)
+            stepped = optimizer.step(theta, grad)
+            theta = stepped if self._lr_scales is None else theta + (stepped - theta) * self._lr_scales
             self._load_vector(theta[0])
         self.module.eval()
         with torch.no_grad():

@@ -156,3 +156,18 @@ def test_batched_envs_run_adapter_federations_one_round_each(text_data):
     envs.reset(seed=0)
     _, rewards, *_ = envs.step(envs.action_space.sample())
     assert rewards.shape == (2,) and np.all(np.isfinite(rewards))
+
+
+def test_round_zero_of_the_adapter_kind_is_the_frozen_encoder_federation(text_data):
+    config = {
+        "data": {"dataset": "rotten_tomatoes", "text": text_data},
+        "partition": {"min_samples": 3},
+        "clients": {"n_clients": 3},
+        "circuit": {"reupload": True},
+    }
+    frozen = make_federation(config, seed=4)
+    adapter = make_federation({**config, "model": {"kind": "adapter", "head": "vqc"}}, seed=4)
+    torch.testing.assert_close(adapter.module.head.theta.detach(), frozen.params)  # the same initial circuit
+    for key, value in frozen.evaluate().items():
+        assert adapter.evaluate()[key] == pytest.approx(value, abs=1e-9), key
+    assert np.array_equal(adapter.available, frozen.available)

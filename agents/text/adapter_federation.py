@@ -17,7 +17,8 @@ Adapters start as the identity (LoRA's ``B = 0``), so round 0 is exactly the fro
 ``model.max_length`` truncation). Only the adapter, reduction and head parameters are trainable, sent and
 aggregated (FedAvg, FedProx, FedAdam, ... as configured); the encoder's weights never travel. The encoder runs
 in eval mode (no dropout), so local training draws randomness only from the federation's generator (its
-minibatches); the adapter's initialization draws from a torch seed derived from the federation seed.
+minibatches); the head is drawn exactly as the VQC federation draws its initial model, the adapter from its
+own stream of the federation seed. The adapter's local steps are ``model.adapter_lr_scale`` times the head's.
 
 Cost model: a training sample costs ``1 + 2 x n_circuit_params`` circuit executions with the ``vqc`` head (the
 circuit's parameter-shift gradient on the QPU; the encoder runs on the client's classical hardware and is not
@@ -114,7 +115,10 @@ class AdapterFederation(ModuleFederation):
             name=adapter.name, r=cfg.model.r, alpha=cfg.model.alpha, dropout=0.0,
             target_modules=list(cfg.model.target_modules),
         )
-        adapter_seed = int(rng.integers(2**31))
+        # the head first, from the same draws as the VQC federation's initial model (so round 0 is that model);
+        # the adapter from its own stream of the federation seed
+        head = HEADS.get(cfg.model.head)(self.data.n_features, self.n_classes, cfg, rng)
+        adapter_seed = int(np.random.default_rng([self.seed, 1]).integers(2**31))
         if adapter.name in ("lora", "qlora"):  # PEFT's task: an encoder, not a causal LM
             adapter_config.extra["task_type"] = "FEATURE_EXTRACTION"
         else:  # the quantum adapters seed their own angles and mapping networks
@@ -129,8 +133,16 @@ class AdapterFederation(ModuleFederation):
         with torch.no_grad():
             reduction.weight.copy_(projection.T)
             reduction.bias.copy_(torch.as_tensor(self.data.offset))
-        head = HEADS.get(cfg.model.head)(self.data.n_features, self.n_classes, cfg, rng)
         return TextAdapterModel(encoder, reduction, head, self.data.n_features, amplitude)
+
+    def lr_scales(self) -> torch.Tensor:
+        """``model.adapter_lr_scale`` for the adapter's parameters, 1 for the reduction and the head."""
+        scales = [
+            torch.full((p.numel(),), self.config.model.adapter_lr_scale if name.startswith("encoder.") else 1.0)
+            for name, p in self.module.named_parameters()
+            if p.requires_grad
+        ]
+        return torch.cat(scales).to(torch.float64)
 
     def _split_texts(self) -> dict[str, list[str]]:
         corpus = load_corpus(self.config.data.dataset, self.config.data.text)
