@@ -13,10 +13,10 @@ training every round), seeds 0..S-1, reported as mean ± 95% CI. Heads (every on
 * ``logreg``     — logistic regression on the Q angles (``2Q + 2``);
 * ``mlp``        — one tanh layer on the Q angles, its width matched to ``vqc-angle``'s parameter count.
 
-Part 2 (LLM-QFL, arXiv 2505.18656, done for real): 10 clients (Dirichlet 0.3) of which 3 (drawn with the seed)
-fine-tune MiniLM's LoRA adapter and the 4-qubit VQC head every round, on a stratified subset of the corpus;
-against the frozen-encoder run of the same head, selection and optimizer: test accuracy per round, bytes per
-round, and measured seconds per round (one seed: the adapter run is the expensive part).
+Part 2 (LLM-QFL, arXiv 2505.18656, done for real), seeds 0..A-1: 10 clients (Dirichlet 0.3) of which 3 (drawn
+with the seed) fine-tune MiniLM's LoRA adapter and the 4-qubit VQC head every round, on a stratified subset of
+the corpus; against the frozen-encoder run of the same head, selection and optimizer: test accuracy per round, bytes per
+round, and measured seconds per round.
 
     OMP_NUM_THREADS=1 python benchmarks/text_qfl.py --out benchmarks/results/text_qfl
     python benchmarks/text_qfl.py --quick     # a pipeline check (2 seeds, 2 qubit counts, few rounds)
@@ -95,15 +95,15 @@ def adapter_config(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_adapter(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_adapter(kind: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Rounds of one adapter run: 3 clients drawn with the seed per round; accuracy, bytes and seconds per round."""
     import torch
 
     from qflgym.qfl_core.kinds import make_federation
 
     torch.set_num_threads(1)
-    fed = make_federation(adapter_config(kind, args), args.adapter_seed)
-    rng = np.random.default_rng(args.adapter_seed)
+    fed = make_federation(adapter_config(kind, args), seed)
+    rng = np.random.default_rng(seed)
     rounds = [{"round": 0, **fed.evaluate(), "bytes": 0, "seconds": 0.0}]
     for r in range(1, args.adapter_rounds + 1):
         selected = np.sort(rng.choice(fed.n_clients, 3, replace=False))
@@ -113,7 +113,31 @@ def run_adapter(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             "round": r, "test_accuracy": report.test_accuracy, "val_accuracy": report.val_accuracy,
             "bytes": report.bytes_uploaded + report.bytes_downloaded, "seconds": time.perf_counter() - started,
         })
-    return {"kind": kind, "n_params": fed.n_params, "param_bytes": fed.param_bytes, "rounds": rounds}
+    return {"kind": kind, "seed": seed, "n_params": fed.n_params, "param_bytes": fed.param_bytes, "rounds": rounds}
+
+
+def adapter_summary(adapters: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per round: mean test accuracy of each kind; at the end: adapter - frozen paired by seed; bytes, seconds."""
+    from qflgym.agents.evaluation.stats import mean_ci
+
+    acc = {k: np.array([[r["test_accuracy"] for r in run["rounds"]] for run in runs]) for k, runs in adapters.items()}
+    diff_mean, diff_ci = mean_ci(acc["adapter"][:, -1] - acc["vqc"][:, -1])
+    best_mean, best_ci = mean_ci(acc["adapter"][:, 1:].max(1) - acc["vqc"][:, 1:].max(1))
+    return {
+        "rounds": [
+            {"round": i, **{f"{k}_test_accuracy": float(a[:, i].mean()) for k, a in acc.items()}}
+            for i in range(acc["vqc"].shape[1])
+        ],
+        "final": {k: [float(v) for v in mean_ci(a[:, -1])] for k, a in acc.items()},
+        "final_adapter_minus_frozen": [float(diff_mean), float(diff_ci)],
+        "best_round_adapter_minus_frozen": [float(best_mean), float(best_ci)],
+        "bytes_per_round": {k: runs[0]["rounds"][-1]["bytes"] for k, runs in adapters.items()},
+        "seconds_per_round": {
+            k: float(np.mean([r["seconds"] for run in runs for r in run["rounds"][1:]])) for k, runs in adapters.items()
+        },
+        "n_params": {k: runs[0]["n_params"] for k, runs in adapters.items()},
+        "seeds": [run["seed"] for run in adapters["vqc"]],
+    }
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -159,13 +183,22 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{c['mean']:.3f} ± {c['ci']:.3f} ({c['n_params']})" for c in cells) + " |")
     lines += ["", "| paired by seed (test accuracy difference) | mean ± 95% CI |", "|---|---:|"]
     lines += [f"| {k} | {m:+.3f} ± {h:.3f} |" for k, (m, h) in result["summary"]["findings"].items()]
-    if result.get("adapters"):
-        lines += ["", "| round | frozen test acc | adapter test acc | frozen bytes | adapter bytes | adapter s/round |",
-                  "|---:|---:|---:|---:|---:|---:|"]
-        frozen, adapter = (result["adapters"][k]["rounds"] for k in ("vqc", "adapter"))
-        for f, a in zip(frozen, adapter, strict=True):
-            lines.append(f"| {a['round']} | {f['test_accuracy']:.3f} | {a['test_accuracy']:.3f} | {f['bytes']} | "
-                         f"{a['bytes']} | {a['seconds']:.1f} |")
+    if result.get("adapter_summary"):
+        summary = result["adapter_summary"]
+        lines += ["", f"Federated adapters, seeds {summary['seeds']}: mean test accuracy per round", "",
+                  "| round | frozen encoder | federated LoRA adapter |", "|---:|---:|---:|"]
+        lines += [f"| {r['round']} | {r['vqc_test_accuracy']:.3f} | {r['adapter_test_accuracy']:.3f} |"
+                  for r in summary["rounds"]]
+        (fm, fh), (am, ah) = summary["final"]["vqc"], summary["final"]["adapter"]
+        sent = summary["bytes_per_round"]
+        lines += ["", "| | frozen encoder | federated adapter |", "|---|---:|---:|",
+                  f"| final test accuracy | {fm:.3f} ± {fh:.3f} | {am:.3f} ± {ah:.3f} |",
+                  f"| trainable (sent) parameters | {summary['n_params']['vqc']} | {summary['n_params']['adapter']} |",
+                  f"| bytes per round | {sent['vqc']} | {sent['adapter']} |",
+                  f"| seconds per round (measured) | {summary['seconds_per_round']['vqc']:.3f} | "
+                  f"{summary['seconds_per_round']['adapter']:.1f} |", "",
+                  "adapter - frozen, paired by seed: final {:+.3f} ± {:.3f}, best round {:+.3f} ± {:.3f}".format(
+                      *summary["final_adapter_minus_frozen"], *summary["best_round_adapter_minus_frozen"])]
     return "\n".join(lines) + "\n"
 
 
@@ -181,14 +214,8 @@ def print_table(result: dict[str, Any], console: Console) -> None:
     console.print(table)
     for key, (mean, half) in result["summary"]["findings"].items():
         console.print(f"{key}: {mean:+.3f} ± {half:.3f}")
-    if result.get("adapters"):
-        for kind, run in result["adapters"].items():
-            rounds = run["rounds"][1:]
-            console.print(
-                f"{kind}: test acc {run['rounds'][0]['test_accuracy']:.3f} -> {rounds[-1]['test_accuracy']:.3f} in "
-                f"{len(rounds)} rounds, {rounds[-1]['bytes']} bytes/round, "
-                f"{np.mean([r['seconds'] for r in rounds]):.2f} s/round, {run['n_params']} trainable params"
-            )
+    if result.get("adapter_summary"):
+        console.print("Federated adapters" + markdown(result).split("Federated adapters", 1)[1])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -206,14 +233,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--adapter-lr", type=float, default=0.05, help="Adam lr of the head (the adapter's: x model.adapter_lr_scale)"
     )
-    parser.add_argument("--adapter-seed", type=int, default=0)
+    parser.add_argument("--adapter-seeds", type=int, default=3)
     parser.add_argument("--no-adapters", action="store_true")
     parser.add_argument("--reuse-heads", type=Path, default=None, help="take part 1 from this text_qfl.json")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="2 seeds, 4 and 6 qubits, 4 rounds, 2 adapter rounds")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seeds, args.qubits, args.rounds, args.adapter_rounds, args.max_samples = 2, [4, 6], 4, 2, 1000
+        args.seeds, args.qubits, args.rounds, args.max_samples = 2, [4, 6], 4, 1000
+        args.adapter_rounds, args.adapter_seeds = 2, 2
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     federations = {f"{h}/{q}q/{s}": head_config(h, q, s, args) for s in SETTINGS for q in args.qubits for h in HEADS}
@@ -236,7 +264,14 @@ def main(argv: list[str] | None = None) -> None:
     result["summary"] = summarize(runs)
     result["heads_wall_time_s"] = time.perf_counter() - started
     if not args.no_adapters:
-        result["adapters"] = {kind: run_adapter(kind, args) for kind in ("vqc", "adapter")}
+        with Progress() as progress:
+            bar = progress.add_task("adapters", total=2 * args.adapter_seeds)
+            result["adapters"] = {kind: [] for kind in ("vqc", "adapter")}
+            for seed in range(args.adapter_seeds):
+                for kind in ("vqc", "adapter"):
+                    result["adapters"][kind].append(run_adapter(kind, seed, args))
+                    progress.advance(bar)
+        result["adapter_summary"] = adapter_summary(result["adapters"])
     result["wall_time_s"] = time.perf_counter() - started
     (args.out / "text_qfl.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "text_qfl.md").write_text(markdown(result))
