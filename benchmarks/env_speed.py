@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernel_peers import peak_rss_gib
 
 import qflgym.envs  # noqa: F401  (registers the ids)
-from qflgym.envs import ENV_IDS
+from qflgym.envs import ENV_IDS, TEXT_ENV_IDS
 from qflgym.qfl_core.federation import Federation
 
 
@@ -230,7 +230,9 @@ def main_vector(ids: list[str], sizes: list[int], processes: int, seconds: float
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs (under 60 s in all)")
-    parser.add_argument("--ids", nargs="*", default=None, help="env ids (default: every registered id)")
+    parser.add_argument(
+        "--ids", nargs="*", default=None, help="env ids (default: every registered id but the text ones, see docs)"
+    )
     parser.add_argument("--json", type=Path, default=None, help='write {"envs": {id: figures}} here')
     parser.add_argument("--vector", type=int, nargs="*", default=None, help="batched envs of these sizes B")
     parser.add_argument("--processes", type=int, default=1, help="--vector: worker processes at once (one per core)")
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = 3.0 if args.quick else args.seconds
         return main_vector(args.ids or ["QFL/ClientSelection-v0"], args.vector, args.processes, seconds, args.json)
     torch.set_num_threads(1)
-    ids = args.ids or list(ENV_IDS)
+    ids = args.ids or [i for i in ENV_IDS if i not in TEXT_ENV_IDS]
     seconds, repeats, max_steps = (0.6, 2, 300) if args.quick else (4.0, 3, 3000)
     results: dict[str, dict[str, float]] = {}
     print(

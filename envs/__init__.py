@@ -14,7 +14,7 @@ from .client_selection import ClientSelectionEnv
 from .config import EnvConfig
 from .full_control import FullControlEnv
 from .observation import CLIENT_FEATURES, GLOBAL_FEATURES, ObservationLayout
-from .registration import ENV_IDS, REGISTRATIONS, register_envs
+from .registration import ENV_IDS, REGISTRATIONS, TEXT_ENV_IDS, register_envs
 from .rewards import REWARDS, RewardContext, reward_term
 from .round_termination import RoundTerminationEnv
 from .rules import SELECTION_RULES
@@ -30,6 +30,7 @@ __all__ = [
     "REGISTRATIONS",
     "REWARDS",
     "SELECTION_RULES",
+    "TEXT_ENV_IDS",
     "ClientSelectionEnv",
     "ControlDecision",
     "DecisionActions",

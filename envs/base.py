@@ -23,6 +23,7 @@ from gymnasium.envs.registration import EnvSpec
 
 from qflgym.config import ConfigError
 from qflgym.qfl_core.federation import Federation, RoundReport
+from qflgym.qfl_core.kinds import make_federation
 
 from .actions import ActionCodec, ControlDecision, LearningRateMap
 from .config import EnvConfig, merge_presets, resolve_env_config
@@ -213,7 +214,7 @@ class QFLEnv(Snapshots, gym.Env, ABC):
         """Make ``self.federation`` the freshly initialized federation of ``seed`` (cached per env instance)."""
         entry = self._fed_cache.get(seed)
         if entry is None:
-            fed = Federation(self.config.federation, seed)
+            fed = make_federation(self.config.federation, seed)
             entry = (fed, copy.deepcopy(fed.state_dict()))
             self._fed_cache[seed] = entry
             while len(self._fed_cache) > self.federation_cache_size:

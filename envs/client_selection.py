@@ -102,6 +102,10 @@ class ClientSelectionEnv(QFLEnv):
       `info["objective"]`). Objective `cost_to_target`: the cost until 0.8 validation accuracy, censored at
       `cost_budget`; actions are top-k scores (`selection_budget`), so cohorts are compared at a bounded size;
       reward `accuracy_gain - 0.1 cost / cost_scale + target_bonus`. v0 is unchanged.
+      Text variants (docs/text_qfl.md): `QFL/ClientSelection-Text-v1` (preset `text_v1`: the text federation
+      `configs/federations/text.yaml`, frozen all-MiniLM-L6-v2 embeddings of Rotten Tomatoes snippets -> PCA ->
+      4-qubit VQC, target 0.62) and `QFL/ClientSelection-TextAdapter-v1` (also `text_adapter_v1`: clients
+      fine-tune a LoRA adapter of the encoder and the VQC head, `model.kind: adapter`).
     """
 
     @classmethod

@@ -248,7 +248,7 @@ def client_step_costs(fed: Federation, local_steps: int = 1) -> tuple[np.ndarray
     sizes = np.array([s.size for s in fed.client_stats], dtype=np.float64)
     shots = np.array([p.shots or 0 for p in fed.profiles], dtype=np.float64)
     latency = np.array([p.latency_s for p in fed.profiles])
-    per_sample = 1 + 2 * fed.spec.n_circuit_params
+    per_sample = fed.executions_per_sample
     executions = np.minimum(sizes, fed.config.training.batch_size) * per_sample * local_steps
     return executions * latency, executions * shots
 

@@ -19,7 +19,7 @@ import gymnasium as gym
 
 from .vector import vector_entry_point
 
-__all__ = ["ENV_IDS", "REGISTRATIONS", "EnvRegistration", "register_envs"]
+__all__ = ["ENV_IDS", "REGISTRATIONS", "TEXT_ENV_IDS", "EnvRegistration", "register_envs"]
 
 
 class EnvRegistration(NamedTuple):
@@ -62,7 +62,16 @@ REGISTRATIONS: tuple[EnvRegistration, ...] = (
     EnvRegistration("QFL/FullControl-v1", _FULL_CONTROL, ("v1", "full_control_v1")),
     EnvRegistration("QFL/FullControl-Hard-v1", _FULL_CONTROL, ("v1", "full_control_v1", "hard_v1")),
     EnvRegistration("QFL/FullControl-Tiny-v1", _FULL_CONTROL, ("v1", "full_control_v1", "tiny_v1")),
+    EnvRegistration("QFL/ClientSelection-Text-v1", _CLIENT_SELECTION, ("v1", "client_selection_v1", "text_v1")),
+    EnvRegistration(
+        "QFL/ClientSelection-TextAdapter-v1",
+        _CLIENT_SELECTION,
+        ("v1", "client_selection_v1", "text_v1", "text_adapter_v1"),
+    ),
 )
+
+#: The ids whose federation learns text (their first use fetches the corpus and embeds it; docs/text_qfl.md).
+TEXT_ENV_IDS: tuple[str, ...] = tuple(r.id for r in REGISTRATIONS if "-Text" in r.id)
 
 #: Every registered id, in the order of :data:`REGISTRATIONS`.
 ENV_IDS: tuple[str, ...] = tuple(r.id for r in REGISTRATIONS)

@@ -5,16 +5,20 @@
 
 For layer ``l = 0..L-1``:
 
-1. embedding ``RX(x_q)`` on every qubit ``q`` (only before layer 0 unless ``reupload``),
+1. embedding ``RX(x_q)`` on every qubit ``q`` (only before layer 0 unless ``reupload``); with
+   ``embedding="amplitude"`` instead the state ``|x> = sum_i x_i |i>`` of a unit vector ``x`` of ``2^Q`` real
+   amplitudes, once, before layer 0 (PennyLane's ``AmplitudeEmbedding``),
 2. ``Rot(phi, theta, omega) = RZ(omega) RY(theta) RZ(phi)`` on every qubit, ``weights[l, q] = (phi, theta, omega)``,
 3. if ``Q > 1``: ``CNOT(q, (q + r_l) % Q)`` for ``q = 0..Q-1`` in order, with ``r_l`` from :meth:`CircuitSpec.ranges`,
 4. optional noise: ``DepolarizingChannel(p)`` on every qubit.
 
-Then optional readout noise ``BitFlip(r)`` on every qubit and the Pauli-Z expectation of every qubit.
+Then optional readout noise ``BitFlip(r)`` on every qubit and the Pauli-Z expectation of every qubit; the
+readout uses the first ``readout_qubits`` of them (all by default: a one- or few-qubit readout when set).
 Steps 2 and 3 of one layer are PennyLane's ``StronglyEntanglingLayers`` with ``ranges=(r_l,)``.
 
 A model is a flat parameter vector ``theta`` of length :attr:`CircuitSpec.n_params`: the circuit weights
-(``L * Q * 3``, row-major ``[L, Q, 3]``) followed by the readout parameters (``linear``: ``W [Q, K]`` row-major,
+(``L * Q * 3``, row-major ``[L, Q, 3]``) followed by the readout parameters (``linear``: ``W [M, K]`` row-major
+for the ``M`` read-out qubits,
 then ``b [K]``; ``grouping``: none). :meth:`CircuitSpec.split` returns views of both parts.
 
 PennyLane is imported lazily (only :meth:`CircuitSpec.qfunc` and :meth:`CircuitSpec.noisy_qfunc` need it), so
@@ -43,6 +47,7 @@ INIT_WEIGHT_STD = 0.1 * math.pi
 
 Entangler = Literal["ring", "long_range"]
 Readout = Literal["linear", "grouping"]
+Embedding = Literal["angle", "amplitude"]
 
 
 def _as_torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -65,10 +70,14 @@ class CircuitSpec:
         entangler: ``"ring"`` (CNOT range 1) or ``"long_range"`` (StronglyEntanglingLayers' default ranges).
         readout: ``"linear"`` (trainable ``z @ W + b``) or ``"grouping"`` (fixed mean of qubit groups).
         n_classes: Number of classes ``K``.
+        embedding: ``"angle"`` (``RX(x_q)``, ``Q`` features) or ``"amplitude"`` (a unit vector of ``2^Q``
+            real amplitudes, no re-uploading).
+        readout_qubits: Pauli-Z expectations of the first ``M`` qubits feed the readout (``None``: all ``Q``).
 
     Raises:
-        ValueError: On sizes below 1, an unknown entangler/readout, fewer than 2 classes, or a ``grouping``
-            readout with more classes than qubits.
+        ValueError: On sizes below 1, an unknown entangler/readout/embedding, fewer than 2 classes, a
+            ``grouping`` readout with more classes than read-out qubits, ``readout_qubits`` above ``n_qubits``,
+            or amplitude embedding with re-uploading.
     """
 
     n_qubits: int
@@ -77,6 +86,8 @@ class CircuitSpec:
     entangler: Entangler = "long_range"
     readout: Readout = "linear"
     n_classes: int = 2
+    embedding: Embedding = "angle"
+    readout_qubits: int | None = None
 
     def __post_init__(self) -> None:
         if self.n_qubits < 1 or self.n_layers < 1:
@@ -87,10 +98,16 @@ class CircuitSpec:
             raise ValueError(f"readout must be 'linear' or 'grouping', got {self.readout!r}")
         if self.n_classes < 2:
             raise ValueError(f"n_classes must be >= 2, got {self.n_classes}")
-        if self.readout == "grouping" and self.n_classes > self.n_qubits:
+        if self.embedding not in ("angle", "amplitude"):
+            raise ValueError(f"embedding must be 'angle' or 'amplitude', got {self.embedding!r}")
+        if self.embedding == "amplitude" and self.reupload:
+            raise ValueError("embedding='amplitude' prepares the state once: it cannot be combined with reupload=True")
+        if self.readout_qubits is not None and not 1 <= self.readout_qubits <= self.n_qubits:
+            raise ValueError(f"readout_qubits must be in [1, n_qubits={self.n_qubits}], got {self.readout_qubits}")
+        if self.readout == "grouping" and self.n_classes > self.n_readout:
             raise ValueError(
-                f"readout='grouping' needs n_qubits >= n_classes (every class needs at least one qubit); "
-                f"got {self.n_qubits} qubits for {self.n_classes} classes: use readout='linear' or more qubits"
+                f"readout='grouping' needs at least one read-out qubit per class; got {self.n_readout} read-out "
+                f"qubits for {self.n_classes} classes: use readout='linear' or more (read-out) qubits"
             )
 
     @classmethod
@@ -103,7 +120,24 @@ class CircuitSpec:
             entangler=circuit_config.entangler,
             readout=circuit_config.readout,
             n_classes=n_classes,
+            embedding=circuit_config.embedding,
+            readout_qubits=circuit_config.readout_qubits,
         )
+
+    @staticmethod
+    def feature_count(n_qubits: int, embedding: Embedding) -> int:
+        """Input features of a circuit: ``Q`` rotation angles, or ``2^Q`` amplitudes."""
+        return 2**n_qubits if embedding == "amplitude" else n_qubits
+
+    @property
+    def n_features(self) -> int:
+        """Input features per sample: ``Q`` (angle embedding) or ``2^Q`` (amplitude embedding)."""
+        return self.feature_count(self.n_qubits, self.embedding)
+
+    @property
+    def n_readout(self) -> int:
+        """Read-out qubits ``M`` (``readout_qubits``, or all ``Q``)."""
+        return self.n_qubits if self.readout_qubits is None else self.readout_qubits
 
     # ------------------------------------------------------------------ parameter layout
     @staticmethod
@@ -123,9 +157,9 @@ class CircuitSpec:
 
     @property
     def n_readout_params(self) -> int:
-        """Number of readout parameters: ``Q * K + K`` for ``linear``, 0 for ``grouping``."""
+        """Number of readout parameters: ``M * K + K`` for ``linear`` (``M`` read-out qubits), 0 for ``grouping``."""
         if self.readout == "linear":
-            return self.n_qubits * self.n_classes + self.n_classes
+            return self.n_readout * self.n_classes + self.n_classes
         return 0
 
     @property
@@ -182,11 +216,11 @@ class CircuitSpec:
 
     # ------------------------------------------------------------------ readout
     def grouping_matrix(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """The fixed ``[Q, K]`` matrix ``G`` of the grouping readout: ``logits = z @ G``.
+        """The fixed ``[M, K]`` matrix ``G`` of the grouping readout: ``logits = z[..., :M] @ G``.
 
-        ``G[q, k] = GROUPING_SCALE / |{q' : q' % K == k}|`` when ``q % K == k``, else 0.
+        ``G[q, k] = GROUPING_SCALE / |{q' < M : q' % K == k}|`` when ``q % K == k``, else 0.
         """
-        q, k = self.n_qubits, self.n_classes
+        q, k = self.n_readout, self.n_classes
         g = torch.zeros(q, k, dtype=dtype)
         for qubit in range(q):
             g[qubit, qubit % k] = 1.0
@@ -195,8 +229,9 @@ class CircuitSpec:
     def logits(self, z: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
         """Map Pauli-Z expectations to class logits.
 
-        ``linear``: ``logits = z @ W + b`` with ``W [Q, K]`` and ``b [K]`` read from ``readout``.
-        ``grouping``: ``logits_k = GROUPING_SCALE * mean(z_q for q with q % K == k)`` (``readout`` is empty).
+        Only the first ``M`` (:attr:`n_readout`) expectations are read.
+        ``linear``: ``logits = z @ W + b`` with ``W [M, K]`` and ``b [K]`` read from ``readout``.
+        ``grouping``: ``logits_k = GROUPING_SCALE * mean(z_q for q < M with q % K == k)`` (``readout`` is empty).
 
         Args:
             z: ``[C, B, Q]`` expectations (or ``[B, Q]`` with ``readout [R]``).
@@ -205,13 +240,14 @@ class CircuitSpec:
         Returns:
             ``[C, B, K]`` logits (``[B, K]`` for unbatched inputs).
         """
-        q, k = self.n_qubits, self.n_classes
-        if z.shape[-1] != q:
-            raise ValueError(f"z must have last dimension n_qubits={q}; got shape {tuple(z.shape)}")
+        q, k = self.n_readout, self.n_classes
+        if z.shape[-1] != self.n_qubits:
+            raise ValueError(f"z must have last dimension n_qubits={self.n_qubits}; got shape {tuple(z.shape)}")
         if readout.shape[-1] != self.n_readout_params:
             raise ValueError(
                 f"readout must have last dimension {self.n_readout_params}; got shape {tuple(readout.shape)}"
             )
+        z = z[..., :q]
         if self.readout == "grouping":
             return z @ self.grouping_matrix(z.dtype).to(z.device)
         w = readout[..., : q * k].unflatten(-1, (q, k))
@@ -238,7 +274,7 @@ class CircuitSpec:
         weights = rng.normal(0.0, INIT_WEIGHT_STD, size=self.n_circuit_params)
         parts = [weights]
         if self.readout == "linear":
-            parts.append(rng.normal(0.0, 1.0 / math.sqrt(self.n_qubits), size=self.n_qubits * self.n_classes))
+            parts.append(rng.normal(0.0, 1.0 / math.sqrt(self.n_readout), size=self.n_readout * self.n_classes))
             parts.append(np.zeros(self.n_classes))
         return torch.as_tensor(np.concatenate(parts), dtype=_as_torch_dtype(dtype))
 
@@ -250,7 +286,9 @@ class CircuitSpec:
         wires = range(self.n_qubits)
         ranges = self.ranges()
         for layer in range(self.n_layers):
-            if layer == 0 or self.reupload:
+            if layer == 0 and self.embedding == "amplitude":
+                qp.AmplitudeEmbedding(inputs, wires=wires, normalize=True)
+            elif layer == 0 or self.reupload:
                 qp.AngleEmbedding(inputs, wires=wires, rotation="X")
             # For one wire PennyLane rejects explicit ranges; its default (no CNOTs) is what we want.
             layer_ranges = (ranges[layer],) if self.n_qubits > 1 else None
@@ -263,7 +301,7 @@ class CircuitSpec:
         """PennyLane quantum function of the noiseless ansatz (``inputs`` first, as for ``qnn.TorchLayer``).
 
         Args:
-            inputs: ``[Q]`` rotation angles, or ``[B, Q]`` for parameter broadcasting.
+            inputs: ``[F]`` features (``Q`` angles or ``2^Q`` amplitudes), or ``[B, F]`` for broadcasting.
             weights: ``[L, Q, 3]`` circuit weights (see :meth:`shape`).
 
         Returns:

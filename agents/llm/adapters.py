@@ -100,7 +100,7 @@ class LoRAAdapter:
         return {}
 
     def peft_config(self, config: AdapterConfig, target_modules: tuple[str, ...] = ()) -> Any:
-        """The PEFT ``LoraConfig`` for ``config``."""
+        """The PEFT ``LoraConfig`` for ``config`` (task ``config.extra["task_type"]``, default ``CAUSAL_LM``)."""
         from peft import LoraConfig, TaskType
 
         targets = list(config.target_modules or target_modules or ("q_proj", "k_proj", "v_proj", "o_proj"))
@@ -110,7 +110,7 @@ class LoRAAdapter:
             lora_dropout=config.dropout,
             target_modules=targets,
             bias="none",
-            task_type=TaskType.CAUSAL_LM,
+            task_type=TaskType[config.extra.get("task_type", "CAUSAL_LM")],
         )
 
     def attach(self, model: Any, config: AdapterConfig, target_modules: tuple[str, ...] = ()) -> Any:

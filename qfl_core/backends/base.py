@@ -138,7 +138,8 @@ class Backend(abc.ABC):
 
         Args:
             weights: ``[C, L, Q, 3]`` circuit weights, one model per client.
-            x: ``[C, B, Q]`` rotation angles (features), ``B`` samples per client.
+            x: ``[C, B, F]`` features, ``B`` samples per client: ``F = Q`` rotation angles, or ``F = 2^Q`` unit-norm
+                amplitudes (``spec.embedding == "amplitude"``).
             noise: Shots and noise of the ``C`` clients.
             generator: The source of all sampling randomness (shots).
 
@@ -186,8 +187,9 @@ class Backend(abc.ABC):
             raise ValueError(f"weights must be [C, L, Q, 3]; got shape {tuple(weights.shape)}")
         spec.check_weights(weights)
         c = weights.shape[0]
-        if x.dim() != 3 or x.shape[0] != c or x.shape[2] != spec.n_qubits:
-            raise ValueError(f"x must be [C={c}, B, Q={spec.n_qubits}] rotation angles; got shape {tuple(x.shape)}")
+        if x.dim() != 3 or x.shape[0] != c or x.shape[2] != spec.n_features:
+            what = "amplitudes" if spec.embedding == "amplitude" else "rotation angles"
+            raise ValueError(f"x must be [C={c}, B, F={spec.n_features}] {what}; got shape {tuple(x.shape)}")
         if len(noise) != c:
             raise ValueError(f"noise describes {len(noise)} clients but weights hold {c}")
 

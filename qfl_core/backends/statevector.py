@@ -212,7 +212,10 @@ class StatevectorSimulator:
             # RX(x)|0> per qubit is (cos(x/2), -i sin(x/2))
             cs = torch.cos(x.unsqueeze(-1) * 0.5 - const["half_pi"])  # [C, B, Q, 2]
             product = None
-            if a == 0:  # product state of real amplitudes times the phase (-i)^popcount; layer 0 by matrix
+            if spec.embedding == "amplitude":  # the input is the state: [C, B, D] -> the layout [C, R, B, K]
+                psi = x.view(n_clients, batch, rows, cols).transpose(1, 2).to(COMPLEX[x.dtype]).contiguous()
+                first = 0
+            elif a == 0:  # product state of real amplitudes times the phase (-i)^popcount; layer 0 by matrix
                 index = layout["embed"].expand(n_clients, -1)
                 psi = cs.view(n_clients, -1).gather(1, index).view(n_clients, rows, batch, cols, q)
                 psi = psi.prod(-1) * const["embed_phase"]

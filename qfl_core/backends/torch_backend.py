@@ -108,6 +108,11 @@ class TorchBackend(Backend):
         x = x.to(dtype)
         probs = None
         if any(noise.depolarizing):
+            if self.spec.embedding == "amplitude":
+                raise ValueError(
+                    "the torch backend simulates depolarizing noise for angle embedding only; with "
+                    "circuit.embedding='amplitude' use backend 'pennylane' (default.mixed) or no gate noise"
+                )
             z, probs = self.pauli.run(weights, x, noise, need_probs=noise.has_shots)
         else:
             simulator = self.statevector

@@ -58,6 +58,11 @@ class UnitarySimulator:
         self._dense = StatevectorSimulator(spec, 0)  # shares its tables: layer matrices, embedding, signs
         self._signs_t2: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
+    def _phase(self, const: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Phase ``(-i)^popcount(j)`` of the angle-embedded input (folded into the unitary); 1 for amplitudes."""
+        phase = const["embed_phase"]
+        return torch.ones_like(phase) if self.spec.embedding == "amplitude" else phase
+
     def forward(self, weights: torch.Tensor, x: torch.Tensor, save: bool = True) -> tuple[torch.Tensor, UnitarySaved]:
         """``z [C, B, Q]`` and the intermediates, without autograd.
 
@@ -79,15 +84,18 @@ class UnitarySimulator:
             rot = torch.view_as_complex((cos[:, :8] * cos[:, 8:]).view(n_models, n_layers, q, 2, 2, 2))
             index = const["kron_dense"].expand(n_models, -1)
             bt_mats = rot.view(n_models, -1).gather(1, index).view(n_models, n_layers, q, dim, dim).prod(2)
-            partial = [const["embed_phase"].unsqueeze(-1) * bt_mats[:, 0]]  # F_l^T = diag(phase) M_1^T ... M_l^T
+            partial = [self._phase(const).unsqueeze(-1) * bt_mats[:, 0]]  # F_l^T = diag(phase) M_1^T ... M_l^T
             for layer in range(1, n_layers):
                 partial.append(torch.bmm(partial[-1], bt_mats[:, layer]))
             unitary_t = torch.view_as_real(partial[-1]).view(n_models, dim, 2 * dim)
             if inverse is not None:
                 unitary_t = unitary_t[inverse]
-            cs = torch.cos(x.unsqueeze(-1) * 0.5 - const["half_pi"])  # [C, B, Q, 2]: cos(x/2), sin(x/2)
-            index = self._dense.layout(batch, weights.device)["embed"].expand(n_clients, -1)
-            amplitudes = cs.view(n_clients, -1).gather(1, index).view(n_clients, batch, dim, q).prod(-1)
+            if self.spec.embedding == "amplitude":  # the input is the (real) state itself
+                amplitudes = x.contiguous()
+            else:
+                cs = torch.cos(x.unsqueeze(-1) * 0.5 - const["half_pi"])  # [C, B, Q, 2]: cos(x/2), sin(x/2)
+                index = self._dense.layout(batch, weights.device)["embed"].expand(n_clients, -1)
+                amplitudes = cs.view(n_clients, -1).gather(1, index).view(n_clients, batch, dim, q).prod(-1)
             psi = torch.bmm(amplitudes, unitary_t)
             z = rowwise_matmul(psi * psi, const["signs2"])
         return z, UnitarySaved(weights.shape, angles, cos, rot, bt_mats, partial, amplitudes, psi)
@@ -109,7 +117,7 @@ class UnitarySimulator:
                 if layer:
                     traces.append(torch.bmm(saved.partial[layer - 1].mH, grad))
                 else:
-                    traces.append(const["embed_phase"].conj().unsqueeze(-1) * grad)
+                    traces.append(self._phase(const).conj().unsqueeze(-1) * grad)
             stacked = torch.stack(traces[::-1], 1).view(n_clients, n_layers, dim * dim)
             trace = rowwise_matmul(stacked, const["ptrace_b"]).view(n_clients, n_layers, -1, 2, 2)
             grad_rot = saved.rot @ trace  # G_q Tr_{not q}(...)

@@ -8,8 +8,8 @@ central evaluation. The env then computes observations, rewards and termination 
 controller sees exactly what it would see on the env (same features, same scaling, same clipping).
 
 Only these members of ``Federation`` are used by the env, and the mirror provides them: ``config``, ``seed``,
-``n_classes``, ``client_stats``, ``profiles``, ``spec``, ``param_bytes``, ``available``, ``evaluate()`` and
-``run_round()``.
+``n_classes``, ``client_stats``, ``profiles``, ``spec``, ``executions_per_sample``, ``param_bytes``,
+``available``, ``evaluate()`` and ``run_round()``.
 """
 
 from __future__ import annotations
@@ -89,6 +89,11 @@ class FederationMirror:
         self.client_stats = client_statistics(labels, parts, self.n_classes)
         self.profiles = [clients[i].profile if i in clients else _UNKNOWN_PROFILE for i in range(self.n_clients)]
         self.spec = CircuitSpec.from_config(self.config.circuit, self.n_classes)
+
+    @property
+    def executions_per_sample(self) -> int:
+        """Circuit executions per training sample, as :attr:`Federation.executions_per_sample` counts them."""
+        return 1 + 2 * self.spec.n_circuit_params
 
     def evaluate(self) -> dict[str, float]:
         """The central evaluation of the current global model (set by the strategy)."""
