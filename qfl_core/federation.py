@@ -159,7 +159,57 @@ def update_geometry(updates: torch.Tensor, global_update: torch.Tensor) -> tuple
     return norms, cosine, float(global_norm)
 
 
-class Federation:
+class RoundSnapshot:
+    """``state_dict`` / ``load_state_dict`` of every federation kind: what changes as rounds run.
+
+    The snapshot holds the config and seed (checked on load), the round counter, the global parameter vector,
+    the torch generator, the strategy's state and the availability; restoring it replays the next round bit for
+    bit. Kinds with state derived from the parameters rebuild it in :meth:`_restored`.
+    """
+
+    config: FederationConfig
+    seed: int
+    round: int
+    params: torch.Tensor
+    generator: torch.Generator
+    strategy: Any
+    available: np.ndarray
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that changes as rounds run: restoring it replays the next round bit for bit."""
+        return {
+            "config": self.config.model_dump(mode="json"),
+            "seed": self.seed,
+            "round": self.round,
+            "params": self.params.clone(),
+            "generator": self.generator.get_state(),
+            "strategy": self.strategy.state_dict(),
+            "available": self.available.copy(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output of a federation with the same config and seed.
+
+        Raises:
+            ConfigError: If the snapshot was taken from a federation with another config or seed.
+        """
+        if state["seed"] != self.seed or state["config"] != self.config.model_dump(mode="json"):
+            raise ConfigError(
+                "state_dict: snapshot comes from a federation with another config or seed "
+                f"(snapshot seed {state['seed']}, this federation's seed {self.seed})"
+            )
+        self.round = int(state["round"])
+        self.params = state["params"].clone()
+        self.generator.set_state(state["generator"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.available = state["available"].copy()
+        self._restored()
+
+    def _restored(self) -> None:
+        """Rebuild state derived from the restored parameters (nothing by default)."""
+
+
+class Federation(RoundSnapshot):
     """A simulated quantum federation.
 
     Args:
@@ -396,35 +446,6 @@ class Federation:
             "test_accuracy": test_acc,
             "test_loss": test_loss,
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything that changes as rounds run: restoring it replays the next round bit for bit."""
-        return {
-            "config": self.config.model_dump(mode="json"),
-            "seed": self.seed,
-            "round": self.round,
-            "params": self.params.clone(),
-            "generator": self.generator.get_state(),
-            "strategy": self.strategy.state_dict(),
-            "available": self.available.copy(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` output of a federation with the same config and seed.
-
-        Raises:
-            ConfigError: If the snapshot was taken from a federation with another config or seed.
-        """
-        if state["seed"] != self.seed or state["config"] != self.config.model_dump(mode="json"):
-            raise ConfigError(
-                "state_dict: snapshot comes from a federation with another config or seed "
-                f"(snapshot seed {state['seed']}, this federation's seed {self.seed})"
-            )
-        self.round = int(state["round"])
-        self.params = state["params"].clone()
-        self.generator.set_state(state["generator"])
-        self.strategy.load_state_dict(state["strategy"])
-        self.available = state["available"].copy()
 
 
 def run_rounds(federations: Sequence[Federation], requests: Sequence[RoundRequest]) -> list[RoundReport]:

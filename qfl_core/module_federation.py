@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,15 @@ from .circuits import CircuitSpec
 from .clients import DeviceProfile, draw_profiles
 from .config import FederationConfig
 from .data import DataSplits, load_splits
-from .federation import ClientReport, FederationLike, RoundReport, resolve_config, round_knobs, selection_ids
+from .federation import (
+    ClientReport,
+    FederationLike,
+    RoundReport,
+    RoundSnapshot,
+    resolve_config,
+    round_knobs,
+    selection_ids,
+)
 from .federation import update_geometry as _geometry
 from .optim import OPTIMIZERS
 from .partition import ClientDataStats, client_statistics, partition
@@ -46,7 +54,7 @@ __all__ = ["ModuleFederation"]
 SPLITS = ("train", "val", "test")
 
 
-class ModuleFederation(abc.ABC):
+class ModuleFederation(RoundSnapshot, abc.ABC):
     """Federated training of a torch module (see the module docstring).
 
     Args:
@@ -174,8 +182,12 @@ class ModuleFederation(abc.ABC):
         executions = samples * self.executions_per_sample
         profile = self.profiles[client]
         return {
-            "params": theta[0].detach().clone(), "loss_before": loss_before, "loss_after": loss_after,
-            "samples": samples, "executions": executions, "shots": executions * (profile.shots or 0),
+            "params": theta[0].detach().clone(),
+            "loss_before": loss_before,
+            "loss_after": loss_after,
+            "samples": samples,
+            "executions": executions,
+            "shots": executions * (profile.shots or 0),
             "seconds": executions * profile.latency_s,
         }
 
@@ -230,9 +242,15 @@ class ModuleFederation(abc.ABC):
         norms, cosine, global_norm = _geometry(updates, self.params - previous)
         reports = tuple(
             ClientReport(
-                client_id=int(c), loss_before=f["loss_before"], loss_after=f["loss_after"], update_norm=float(n),
-                update_cosine=float(cos), samples_used=f["samples"], circuit_executions=f["executions"],
-                shots_used=f["shots"], wall_time_s=f["seconds"],
+                client_id=int(c),
+                loss_before=f["loss_before"],
+                loss_after=f["loss_after"],
+                update_norm=float(n),
+                update_cosine=float(cos),
+                samples_used=f["samples"],
+                circuit_executions=f["executions"],
+                shots_used=f["shots"],
+                wall_time_s=f["seconds"],
             )
             for c, f, n, cos in zip(participants, fits, norms.tolist(), cosine.tolist(), strict=True)
         )
@@ -257,25 +275,6 @@ class ModuleFederation(abc.ABC):
             out[f"{split}_loss"] = float(F.cross_entropy(logits, y))
         return out
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything that changes as rounds run (restoring it replays the next round)."""
-        return {
-            "config": self.config.model_dump(mode="json"),
-            "seed": self.seed,
-            "round": self.round,
-            "params": self.params.clone(),
-            "generator": self.generator.get_state(),
-            "strategy": self.strategy.state_dict(),
-            "available": self.available.copy(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` output of a federation with the same config and seed."""
-        if state["seed"] != self.seed or state["config"] != self.config.model_dump(mode="json"):
-            raise ConfigError("state_dict: snapshot comes from a federation with another config or seed")
-        self.round = int(state["round"])
-        self.params = state["params"].clone()
+    def _restored(self) -> None:
+        """Load the restored parameter vector into the modules."""
         self._load_vector(self.params)
-        self.generator.set_state(state["generator"])
-        self.strategy.load_state_dict(state["strategy"])
-        self.available = state["available"].copy()
