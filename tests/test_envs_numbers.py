@@ -478,7 +478,12 @@ def test_static_features_of_clients_with_one_or_no_sample_and_one_or_no_shot():
     ]
     config = SimpleNamespace(circuit=SimpleNamespace(n_layers=2), training=SimpleNamespace(batch_size=2))
     fed = SimpleNamespace(
-        n_classes=2, client_stats=stats, profiles=profiles, config=config, spec=SimpleNamespace(n_circuit_params=3)
+        n_classes=2,
+        client_stats=stats,
+        profiles=profiles,
+        config=config,
+        spec=SimpleNamespace(n_circuit_params=3),
+        executions_per_sample=1 + 2 * 3,  # a VQC's parameter-shift gradient
     )
     layout = ObservationLayout(3, "v1")
     c = static_client_features(fed, layout, shot_price=0.5, cost_scale=4.0)
