@@ -203,6 +203,16 @@ def test_plugin_command_groups_register_through_the_registry(capsys):
         COMMANDS._entries.pop("toy")
 
 
+def test_demo_defaults_to_the_demo_env(monkeypatch):
+    import qflgym.agents.demo as demo
+
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda **kwargs: seen.update(kwargs))
+    assert main(["demo", "--quick"]) == 0
+    assert "env_id" not in seen  # run_demo's own default, demo.DEMO_ENV
+    assert demo.DEMO_ENV == "QFL/ClientSelection-v1"
+
+
 def test_demo_pipeline_on_the_tiny_preset(capsys, tmp_path):
     code, out, _ = run(
         capsys,

@@ -10,11 +10,11 @@ from qflgym.agents.cli.commands import Command
 def _configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a fast variant (small budget, 2 seeds) to check the pipeline")
     p.add_argument("--out", help="output directory (default runs/demo__<time>)")
-    p.add_argument("--timesteps", type=int, help="PPO training steps (default 40000; --quick: 1024)")
-    p.add_argument("--seeds", type=int, help="evaluation seeds (default 5; --quick: 2)")
+    p.add_argument("--timesteps", type=int, help="PPO training steps (default 20000; --quick: 1024)")
+    p.add_argument("--seeds", type=int, help="evaluation seeds (default 20; --quick: 2)")
     p.add_argument("--n-envs", type=int, default=2, help="vectorized training envs (default 2)")
     p.add_argument("--executor", choices=("ray", "serial"), default="ray", help="benchmark executor (default ray)")
-    p.add_argument("--env", default="QFL/ClientSelection-v0", help="env id (default QFL/ClientSelection-v0)")
+    p.add_argument("--env", help="env id, a ClientSelection preset (default the demo's, QFL/ClientSelection-v1)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -30,14 +30,14 @@ def _run_demo(args: argparse.Namespace) -> int:
         executor=args.executor,
         progress=not args.no_progress,
         argv=args.argv,
-        env_id=args.env,
+        **({"env_id": args.env} if args.env else {}),
     )
     return 0
 
 
 COMMAND = Command(
     "demo",
-    "train PPO on QFL/ClientSelection-v0 and benchmark it against the heuristics",
+    "train PPO on QFL/ClientSelection-v1 and benchmark it against the heuristics",
     _configure_demo,
     _run_demo,
 )
