@@ -43,7 +43,7 @@ from qflgym.runs import write_run_record
 #: tuned informed heuristics' decisions plus ``candidates`` random ones, each scored by the exact objective of
 #: "this decision, then ``base`` until the episode ends" (``proposals``: the labels of the tuned heuristics that
 #: propose candidates, default all; each candidate costs a rollout to the end, so the oracle's time grows with
-#: candidates x rounds^2).
+#: candidates x rounds^2; ``"oracle": None`` runs none). A grid of a single point is evaluated without tuning.
 SUITE: dict[str, dict[str, Any]] = {
     "QFL/ClientSelection-v1": {
         "naive": ("random-k (tuned k)", "random-k", {"k": [1, 2, 3, 4, 6]}),
@@ -151,8 +151,13 @@ def _run(tasks: list[tuple[str, str, dict[str, Any], int]], workers: int, progre
 def _tune(
     env_id: str, name: str, grid: dict[str, list[Any]], seeds: list[int], workers: int, progress: Progress
 ) -> tuple[dict[str, Any], float]:
-    """The grid point with the lowest mean objective on ``seeds`` (finite means only)."""
+    """The grid point with the lowest mean objective on ``seeds`` (finite means only).
+
+    A single point is kept without running it (its training mean NaN).
+    """
     points = _grid(grid)
+    if len(points) == 1:
+        return points[0], math.nan
     tasks = [(env_id, name, kw, s) for kw in points for s in seeds]
     values = np.array(_run(tasks, workers, progress, f"tune {name} on {env_id}")).reshape(len(points), len(seeds))
     means = values.mean(axis=1)
@@ -203,8 +208,9 @@ def measure(
             for label, name, grid in entries:
                 kwargs, train_mean = _tune(env_id, name, grid, train_seeds, workers, progress)
                 chosen.append((label, name, kwargs, train_mean))
-            oracle = _oracle_kwargs(spec["oracle"], chosen[1:])
-            chosen.append(("lookahead (oracle, privileged)", "lookahead", oracle, math.nan))
+            if spec.get("oracle") is not None:
+                oracle = _oracle_kwargs(spec["oracle"], chosen[1:])
+                chosen.append(("lookahead (oracle, privileged)", "lookahead", oracle, math.nan))
             per_seed: dict[str, np.ndarray] = {}
             for label, name, kwargs, _ in chosen:
                 seeds = eval_seeds[:oracle_seeds] if name == "lookahead" and oracle_seeds else eval_seeds

@@ -7,6 +7,7 @@ import json
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 import yaml
 from stable_baselines3 import PPO
 
@@ -88,6 +89,22 @@ def test_cloning_fits_the_teacher() -> None:
     assert bool((model.policy.log_std.detach() == log_std).all())  # train_log_std=False keeps PPO's exploration
 
 
+def test_cut_episodes_record_the_same_first_steps_and_no_return() -> None:
+    env = gym.make(ENV)
+    cfg = PretrainConfig(**TEACHER)
+    whole = collect_demonstrations(env, cfg, [5, 6], gamma=0.9)
+    cut = collect_demonstrations(env, cfg, [5, 6], gamma=0.9, max_steps=2)
+    first = int(np.flatnonzero(np.isclose(whole.observations[:, -1], 0.0))[1])  # episode 6 starts at cost 0
+    assert first > 2 and len(cut.actions) == 4
+    np.testing.assert_array_equal(cut.actions, np.concatenate([whole.actions[:2], whole.actions[first : first + 2]]))
+    assert np.isnan(cut.returns).all() and np.isnan(cut.objectives).all()
+    model = _model(env)
+    values_before = [p.detach().clone() for p in model.policy.value_net.parameters()]
+    result = behaviour_clone(model.policy, cut, cfg.model_copy(update={"epochs": 3}), seed=0)
+    assert np.isfinite(result.last_loss)
+    assert all(torch.equal(a, b) for a, b in zip(values_before, model.policy.value_net.parameters(), strict=True))
+
+
 def test_pretrain_runs_dagger_rounds_on_fresh_seeds() -> None:
     env = gym.make(ENV)
     cfg = PretrainConfig(**TEACHER, episodes=2, epochs=2, dagger_iterations=2, dagger_episodes=1)
@@ -162,3 +179,29 @@ def test_pretrain_config_names_bad_fields() -> None:
         PretrainConfig(teacher="cost-aware", learning_rate=float("nan"))
     with pytest.raises(ValueError, match="dagger_iterations"):
         PretrainConfig(teacher="cost-aware", dagger_iterations=-1)
+
+
+def test_the_packaged_clone_recipe_trains_a_fixed_size_cohort_policy(tmp_path) -> None:
+    from qflgym.config import preset_path
+
+    recipe = yaml.safe_load(preset_path("agents", "pretrain-cost-aware").read_text())
+    assert PretrainConfig(**recipe).episode_steps == 8  # the packaged recipe validates
+    result = train(
+        {
+            "algo": "ppo",
+            "env": ENV,
+            "hyperparams": str(preset_path("agents", "equivariant-clone")),
+            "timesteps": 0,
+            "out": str(tmp_path),
+            "eval_freq": 0,
+            "save_freq": 0,
+            "progress": False,
+            "tensorboard": False,
+            "pretrain": {**recipe, "episodes": 3, "epochs": 2, "dagger_iterations": 1, "dagger_episodes": 1},
+        }
+    )
+    env = gym.make(ENV)
+    model = PPO.load(result.run_dir / "model.zip")
+    for seed in (1, 2, 3):
+        action, _ = model.predict(env.reset(seed=seed)[0], deterministic=True)
+        assert int((action > 0).sum()) == 2  # cohort_size=2 in the Tiny entry: exactly two clients train

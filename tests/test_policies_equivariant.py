@@ -116,6 +116,25 @@ def test_top_k_scores_share_one_log_std_whatever_n():
     assert _policy(ACTIONS["step_size"][0]).log_std.shape == (2,)
 
 
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_cohort_size_makes_exactly_k_score_means_positive_and_keeps_their_order(k):
+    free = _policy(ACTIONS["top_k"][0], pooling="attention")
+    fixed = _policy(ACTIONS["top_k"][0], pooling="attention", cohort_size=k)
+    obs = _obs_batch(batch=6)
+    raw, centred = _outputs(free, obs)[0], _outputs(fixed, obs)[0]
+    assert ((centred > 0).sum(dim=1) == k).all()
+    np.testing.assert_allclose(centred - raw, (centred - raw)[:, :1].expand_as(raw), atol=1e-6)  # one shift a row
+    actions, _ = fixed.predict({k_: v.numpy() for k_, v in obs.items()}, deterministic=True)
+    assert ((actions > 0).sum(axis=1) == k).all()  # the top-k action trains a cohort of exactly k
+
+
+def test_cohort_size_of_n_or_more_selects_everyone_and_needs_a_score_action():
+    policy = _policy(ACTIONS["top_k"][0], cohort_size=N)
+    assert (_outputs(policy, _obs_batch())[0] > 0).all()
+    with pytest.raises(ConfigError, match="cohort_size=2 needs a top-k Box"):
+        _policy(ACTIONS["selection"][0], cohort_size=2)
+
+
 def _env(env_id=TINY, n_clients=None, **config):
     if n_clients is not None:
         config["federation"] = {"clients": {"n_clients": n_clients}}

@@ -3,6 +3,10 @@
 A model saved by ``qflgym train`` (or any SB3 ``.zip``) is loaded with :meth:`SB3Controller.load`; when the
 run directory holds ``vecnormalize.pkl`` its observation statistics are applied, and MaskablePPO models
 receive the env's action masks. The algorithm is read from the run's ``config.yaml`` when not given.
+
+An rl-baselines3-zoo run folder (``logs/ppo/QFL-ClientSelection-v1_1``) works the same way: the zoo saves the
+model as ``<env>.zip`` (and ``best_model.zip`` with evaluation), and its ``<env>/`` folder holds ``args.yml``
+(the algorithm) and ``vecnormalize.pkl``.
 """
 
 from __future__ import annotations
@@ -19,23 +23,42 @@ from qflgym.agents.training.algorithms import ALGORITHMS
 from qflgym.config import ConfigError
 from qflgym.runs import CONFIG_FILE
 
-__all__ = ["SB3Controller", "find_model", "infer_algo"]
+__all__ = ["SB3Controller", "find_model", "infer_algo", "zoo_params_dir"]
+
+
+class _ZooLoader(yaml.SafeLoader):
+    """A safe YAML loader that also reads the ``OrderedDict`` the zoo dumps its ``args.yml`` as."""
+
+
+_ZooLoader.add_constructor(
+    "tag:yaml.org,2002:python/object/apply:collections.OrderedDict",
+    lambda loader, node: dict(loader.construct_sequence(node.value[0], deep=True)),
+)
+
+
+def zoo_params_dir(run_dir: Path) -> Path | None:
+    """The ``<env>/`` folder of an rl-baselines3-zoo run folder (the one holding ``args.yml``), or None."""
+    found = sorted(p.parent for p in run_dir.glob("*/args.yml"))
+    return found[0] if found else None
 
 
 def find_model(path: str | Path) -> Path:
     """Resolve ``path`` (a ``.zip``, a path without suffix, or a run directory) to a model file.
 
-    A run directory resolves to ``best_model.zip`` when present, else ``model.zip``.
+    A run directory resolves to ``best_model.zip`` when present, else ``model.zip``, else (a zoo run folder)
+    ``<env>.zip``.
 
     Raises:
         FileNotFoundError: Naming what was looked for.
     """
     path = Path(path)
     if path.is_dir():
-        for name in ("best_model.zip", "model.zip"):
+        zoo = zoo_params_dir(path)
+        names = ["best_model.zip", "model.zip", *([f"{zoo.name}.zip"] if zoo else [])]
+        for name in names:
             if (path / name).is_file():
                 return path / name
-        raise FileNotFoundError(f"no best_model.zip or model.zip in run directory {path}")
+        raise FileNotFoundError(f"none of {', '.join(names)} in run directory {path}")
     if path.is_file():
         return path
     if path.with_suffix(".zip").is_file():
@@ -44,13 +67,22 @@ def find_model(path: str | Path) -> Path:
 
 
 def infer_algo(model_path: Path) -> str | None:
-    """Read the algorithm name from the ``config.yaml`` of the run directory holding ``model_path``."""
+    """The algorithm name from the run directory holding ``model_path``.
+
+    Read from ``config.yaml`` (qflgym) or the zoo's ``<env>/args.yml`` (its names are qflgym's, except
+    ``ppo_mask`` for ``maskable-ppo``).
+    """
     for folder in (model_path.parent, model_path.parent.parent):
         record = folder / CONFIG_FILE
         if record.is_file():
             algo = (yaml.safe_load(record.read_text()) or {}).get("algo")
             if algo:
                 return str(algo)
+    zoo = zoo_params_dir(model_path.parent)
+    if zoo is not None:
+        algo = (yaml.load((zoo / "args.yml").read_text(), Loader=_ZooLoader) or {}).get("algo")
+        if algo:
+            return {"ppo_mask": "maskable-ppo"}.get(str(algo), str(algo))
     return None
 
 
@@ -92,7 +124,10 @@ class SB3Controller:
         else:
             raise ConfigError(f"could not load {model_path} as any of {', '.join(names)}: {'; '.join(errors)}")
         normalizer = None
+        zoo = zoo_params_dir(model_path.parent)
         stats = model_path.parent / "vecnormalize.pkl"
+        if not stats.is_file() and zoo is not None:
+            stats = zoo / "vecnormalize.pkl"
         if stats.is_file():
             with stats.open("rb") as fh:
                 normalizer = pickle.load(fh)

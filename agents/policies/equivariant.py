@@ -63,6 +63,7 @@ __all__ = [
     "EquivariantMixin",
     "MaskableEquivariantActorCriticPolicy",
     "PolicyFamily",
+    "centre_on_cohort",
     "resolve_policy",
 ]
 
@@ -85,6 +86,11 @@ class EquivariantConfig(StrictModel):
     deterministic_selection: Literal["expected_count", "mode"] = "expected_count"
     """Deterministic client bits: the ``round(sum p)`` most likely clients, or each client's own mode (SB3's);
     see :mod:`qflgym.agents.policies.selection_mode`."""
+    cohort_size: int | None = Field(None, ge=1)
+    """For a top-k ``Box(N)`` of client scores: shift the score means so that exactly this many are positive
+    (the midpoint of the k-th and (k+1)-th highest mean is moved to 0), so the deterministic action trains a
+    cohort of this size, as FAVOR's and Oort's fixed K per round; None leaves the means as the network outputs
+    them. Sampled scores vary around the shifted means."""
 
     _pooling = field_validator("pooling")(registered_name("qflgym.agents.policies.set_encoder:POOLINGS"))
 
@@ -93,6 +99,18 @@ class EquivariantConfig(StrictModel):
         if self.pooling == "attention" and self.embed_dim % self.attention_heads:
             raise ValueError(f"embed_dim={self.embed_dim} must be a multiple of attention_heads={self.attention_heads}")
         return self
+
+
+def centre_on_cohort(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """``scores [B, N]`` shifted per row so that exactly its ``k`` highest are positive.
+
+    The midpoint of the k-th and (k+1)-th highest score moves to 0 (permutation-equivariant, differentiable
+    almost everywhere); with ``N <= k`` every score is made positive (the lowest moves to 0.5).
+    """
+    if scores.shape[-1] <= k:
+        return scores - scores.amin(dim=-1, keepdim=True) + 0.5
+    top = torch.topk(scores, k + 1, dim=-1).values
+    return scores - 0.5 * (top[..., k - 1 : k] + top[..., k : k + 1])
 
 
 @dataclass(frozen=True)
@@ -164,16 +182,18 @@ class ClientActionHead(nn.Module):
         layout: The output layout.
     """
 
-    def __init__(self, latent_dim: int, layout: ActionLayout) -> None:
+    def __init__(self, latent_dim: int, layout: ActionLayout, cohort_size: int | None = None) -> None:
         super().__init__()
         self.client = nn.Linear(latent_dim, layout.per_client) if layout.per_client else None
         self.pooled = nn.Linear(latent_dim, layout.pooled) if layout.pooled else None
+        self.cohort_size = cohort_size
 
     @override
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         parts = []
         if self.client is not None:
-            parts.append(self.client(latent[:, :-1]).flatten(1))
+            client = self.client(latent[:, :-1]).flatten(1)
+            parts.append(client if self.cohort_size is None else centre_on_cohort(client, self.cohort_size))
         if self.pooled is not None:
             parts.append(self.pooled(latent[:, -1]))
         return torch.cat(parts, dim=-1)
@@ -227,7 +247,15 @@ class EquivariantMixin:
         )
         if self.action_layout.per_client and self.equivariant_config.deterministic_selection == "expected_count":
             self.action_dist = expected_count_distribution(self.action_dist, self._split.n_clients)
-        self.action_net = ClientActionHead(self.mlp_extractor.latent_dim_pi, self.action_layout)
+        cohort_size = self.equivariant_config.cohort_size
+        if cohort_size is not None and not (
+            self.action_layout.per_client == 1 and self.action_layout.log_std_dim and not self.action_layout.pooled
+        ):
+            raise ConfigError(
+                f"cohort_size={cohort_size} needs a top-k Box(N) of client scores, got the action space "
+                f"{self.action_space}; allowed: cohort_size=None"
+            )
+        self.action_net = ClientActionHead(self.mlp_extractor.latent_dim_pi, self.action_layout, cohort_size)
         if self.action_layout.log_std_dim:
             self.log_std = nn.Parameter(torch.full((self.action_layout.log_std_dim,), float(self.log_std_init)))
         self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)

@@ -20,6 +20,7 @@ seeds, the periodic-evaluation seed and the benchmark evaluation seeds (10000..)
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,13 @@ class PretrainConfig(StrictModel):
     teacher_kwargs: dict[str, Any] = Field(default_factory=dict)
     """The teacher's keyword arguments, e.g. ``{k: 3}``."""
     episodes: int = Field(40, ge=1)
-    """Teacher episodes to record."""
+    """Teacher episodes to record (each on a fresh federation)."""
+    episode_steps: int | None = Field(None, ge=1)
+    """Steps recorded per teacher episode (None: until it ends). Every reset draws a new federation, so many
+    short episodes show the teacher more federations for the same number of steps; a cloned policy that has
+    seen few federations picks clients the teacher never would on new ones. DAgger episodes always run to the
+    end (they are where the cloned policy's own failures, e.g. a repeated cohort, get labelled). The critic is
+    fit on complete episodes only (a cut episode has no return-to-go)."""
     epochs: int = Field(30, ge=1)
     """Passes over the demonstrations."""
     batch_size: int = Field(256, ge=1)
@@ -78,8 +85,9 @@ class Demonstrations:
     Attributes:
         observations: ``[T, D]``.
         actions: ``[T, ...]`` (the env's action shape).
-        returns: ``[T]`` discounted return-to-go of each step within its episode.
-        objectives: ``[episodes]`` the episode objectives (the teacher's score).
+        returns: ``[T]`` discounted return-to-go of each step within its episode (NaN in an episode cut at
+            ``episode_steps``, which has none).
+        objectives: ``[episodes]`` the episode objectives (the teacher's score; NaN for a cut episode).
         action_masks: ``[T, M]`` or None when the algorithm uses no masks.
     """
 
@@ -107,7 +115,7 @@ class PretrainResult:
 
     Attributes:
         steps: Demonstration steps the policy was fit on (teacher episodes and DAgger rounds).
-        teacher_objective: The teacher's mean objective over its episodes.
+        teacher_objective: The teacher's mean objective over its complete episodes (NaN if all were cut).
         dagger_objectives: The cloned policy's mean objective over each DAgger round's episodes (before the
             refit on them).
         clone: The last fit.
@@ -152,6 +160,8 @@ def collect_demonstrations(
     gamma: float,
     action_masks: bool = False,
     actor: Any = None,
+    max_steps: int | None = None,
+    on_episode: Callable[[], None] | None = None,
 ) -> Demonstrations:
     """Record the teacher's action in every state of one episode per reset seed.
 
@@ -163,6 +173,8 @@ def collect_demonstrations(
         action_masks: Record the env's action masks (for MaskablePPO).
         actor: Who acts (``predict`` protocol, deterministic); default the teacher. With another actor the
             teacher only labels the states the actor visits (DAgger), and the returns are the actor's.
+        max_steps: Cut each episode after this many steps (None: run it to the end).
+        on_episode: Called after each episode (progress display).
     """
     from qflgym.agents.controllers import make_controller
     from qflgym.agents.controllers.base import get_action_masks
@@ -189,8 +201,14 @@ def collect_demonstrations(
             rewards.append(float(reward))
             if terminated or truncated:
                 objectives.append(float(info.get("objective", np.nan)))
+                returns.extend(_discounted(rewards, gamma))
                 break
-        returns.extend(_discounted(rewards, gamma))
+            if max_steps is not None and len(rewards) >= max_steps:
+                objectives.append(np.nan)
+                returns.extend([np.nan] * len(rewards))
+                break
+        if on_episode is not None:
+            on_episode()
     return Demonstrations(
         observations=np.stack(obs_rows),
         actions=np.stack(act_rows),
@@ -203,8 +221,9 @@ def collect_demonstrations(
 def behaviour_clone(policy: Any, demos: Demonstrations, cfg: PretrainConfig, seed: int) -> CloneResult:
     """Fit ``policy`` (an SB3 ``ActorCriticPolicy``) to the teacher's actions and returns.
 
-    Loss per minibatch: ``-mean log pi(a_teacher | s) + value_coef * mean (V(s) - G)^2``, Adam with
-    ``cfg.learning_rate`` over ``cfg.epochs`` shuffled passes (order from ``seed``).
+    Loss per minibatch: ``-mean log pi(a_teacher | s) + value_coef * mean (V(s) - G)^2`` (the value term over
+    the steps with a return, see :attr:`PretrainConfig.episode_steps`), Adam with ``cfg.learning_rate`` over
+    ``cfg.epochs`` shuffled passes (order from ``seed``).
 
     Args:
         policy: The model's policy (``model.policy``), trained in place.
@@ -232,7 +251,10 @@ def behaviour_clone(policy: Any, demos: Demonstrations, cfg: PretrainConfig, see
             extra = {} if masks is None else {"action_masks": masks[idx]}
             values, log_prob, _ = policy.evaluate_actions(obs[idx], actions[idx], **extra)
             nll = -log_prob.mean()
-            loss = nll + cfg.value_coef * torch.mean((values.flatten() - returns[idx]) ** 2)
+            target = returns[idx]
+            known = ~torch.isnan(target)
+            value_loss = torch.mean((values.flatten()[known] - target[known]) ** 2) if known.any() else 0.0
+            loss = nll + cfg.value_coef * value_loss
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -242,7 +264,9 @@ def behaviour_clone(policy: Any, demos: Demonstrations, cfg: PretrainConfig, see
     return CloneResult(epoch_losses[0], epoch_losses[-1], _agreement(policy, demos))
 
 
-def pretrain(model: Any, env: Any, cfg: PretrainConfig, seed: int, action_masks: bool = False) -> PretrainResult:
+def pretrain(
+    model: Any, env: Any, cfg: PretrainConfig, seed: int, action_masks: bool = False, progress: bool = False
+) -> PretrainResult:
     """Warm-start ``model`` (an SB3 on-policy algorithm) by behaviour cloning, then DAgger rounds.
 
     See :class:`PretrainConfig`. Episode ``i`` (over the teacher's episodes, then the DAgger rounds') resets with seed
@@ -254,22 +278,46 @@ def pretrain(model: Any, env: Any, cfg: PretrainConfig, seed: int, action_masks:
         cfg: The teacher and the cloning settings.
         seed: The training run's seed.
         action_masks: Record and apply the env's action masks (MaskablePPO).
+        progress: Show a progress bar of the episodes and fits.
     """
+    from rich.progress import Progress
+
     start = time.perf_counter()
     gamma = float(getattr(model, "gamma", 0.99))
     first = seed + DEMO_SEED_OFFSET
-    demos = collect_demonstrations(env, cfg, list(range(first, first + cfg.episodes)), gamma, action_masks)
-    teacher_objective = float(np.mean(demos.objectives))
-    clone = behaviour_clone(model.policy, demos, cfg, seed)
-    dagger_objectives = []
-    for r in range(cfg.dagger_iterations):
-        lo = first + cfg.episodes + r * cfg.dagger_episodes
-        visited = collect_demonstrations(
-            env, cfg, list(range(lo, lo + cfg.dagger_episodes)), gamma, action_masks, actor=model
+    episodes = cfg.episodes + cfg.dagger_iterations * cfg.dagger_episodes
+    with Progress(disable=not progress) as bar:
+        episode_task = bar.add_task("pretrain: episodes", total=episodes)
+        fit_task = bar.add_task("pretrain: fits", total=1 + cfg.dagger_iterations)
+        demos = collect_demonstrations(
+            env,
+            cfg,
+            list(range(first, first + cfg.episodes)),
+            gamma,
+            action_masks,
+            max_steps=cfg.episode_steps,
+            on_episode=lambda: bar.advance(episode_task),
         )
-        dagger_objectives.append(float(np.mean(visited.objectives)))
-        demos = demos.extend(visited)
-        clone = behaviour_clone(model.policy, demos, cfg, seed + r + 1)
+        complete = demos.objectives[~np.isnan(demos.objectives)]
+        teacher_objective = float(np.mean(complete)) if complete.size else float("nan")
+        clone = behaviour_clone(model.policy, demos, cfg, seed)
+        bar.advance(fit_task)
+        dagger_objectives = []
+        for r in range(cfg.dagger_iterations):
+            lo = first + cfg.episodes + r * cfg.dagger_episodes
+            visited = collect_demonstrations(
+                env,
+                cfg,
+                list(range(lo, lo + cfg.dagger_episodes)),
+                gamma,
+                action_masks,
+                actor=model,
+                on_episode=lambda: bar.advance(episode_task),
+            )
+            dagger_objectives.append(float(np.mean(visited.objectives)))
+            demos = demos.extend(visited)
+            clone = behaviour_clone(model.policy, demos, cfg, seed + r + 1)
+            bar.advance(fit_task)
     return PretrainResult(len(demos.returns), teacher_objective, dagger_objectives, clone, time.perf_counter() - start)
 
 

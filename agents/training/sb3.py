@@ -26,6 +26,7 @@ hyperparameters of the env id in a zoo-format YAML file (:mod:`qflgym.agents.tra
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -283,7 +284,7 @@ def _train(cfg: TrainConfig, argv: list[str] | None) -> TrainResult:
         metrics["pretrain"] = {
             "seconds": round(pretrained.seconds, 3),
             "demonstration_steps": pretrained.steps,
-            "teacher_objective": pretrained.teacher_objective,
+            "teacher_objective": pretrained.teacher_objective if math.isfinite(pretrained.teacher_objective) else None,
             "dagger_objectives": pretrained.dagger_objectives,
             "first_loss": pretrained.clone.first_loss,
             "last_loss": pretrained.clone.last_loss,
@@ -299,7 +300,7 @@ def _pretrain(
     """Behaviour-clone the teacher of ``settings`` into ``model`` and save it as ``pretrained_model.zip``."""
     env = make_env(cfg.env, cfg.env_config)
     try:
-        result = pretrain(model, env, settings, cfg.seed, action_masks)
+        result = pretrain(model, env, settings, cfg.seed, action_masks, progress=cfg.progress)
     finally:
         env.close()
     model.save(str(run_dir / "pretrained_model.zip"))
