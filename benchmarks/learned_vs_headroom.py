@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-seeds", type=int, nargs="*", default=[], help="evaluation seeds the controller saw in training"
     )
+    parser.add_argument(
+        "--oracle",
+        type=Path,
+        help="an oracle result with 'seeds' and 'per_seed' (default: the headroom result's lookahead); its saving "
+        "is recomputed on the seeds both share",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
@@ -51,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [result["eval_seeds"][i] for i in keep]
     reference = np.array(controllers[preset["reference"]]["per_seed"])[keep]
     oracle = next(c for label, c in controllers.items() if c["controller"] == "lookahead")
+    if args.oracle is not None:
+        other = json.loads(args.oracle.read_text())
+        by_seed = dict(zip(other["seeds"], other["per_seed"], strict=True))
+        missing = [s for s in seeds if s not in by_seed]
+        if missing:
+            parser.error(f"--oracle: no result for the evaluation seeds {missing[:5]}...")
+        oracle_values = np.array([by_seed[s] for s in seeds])
+        oracle = {"saving_vs_reference": paired_comparison(reference, oracle_values).saving.value}
     env = gym.make(args.env)
     controller = make_controller(args.controller, env, seed=0, **parse_yaml(args.kwargs))
     values = np.array(
