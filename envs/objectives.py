@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from qflgym.registry import Registry
 
-__all__ = ["OBJECTIVES", "EpisodeOutcome", "Objective", "objective"]
+__all__ = ["OBJECTIVES", "OBJECTIVE_LABELS", "EpisodeOutcome", "Objective", "objective"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +51,13 @@ Objective = Callable[[EpisodeOutcome], float]
 
 #: The registry of episode objectives (entry-point group ``qflgym.objectives``).
 OBJECTIVES: Registry[Objective] = Registry("objective", entry_point_group="qflgym.objectives")
+
+#: Axis labels of the built-in objectives: what is counted, in which unit (plots, tables).
+OBJECTIVE_LABELS: dict[str, str] = {
+    "rounds_to_target": "rounds to the target (censored at the round budget)",
+    "cost_to_target": "cost to the target: simulated s + priced shots (censored at the cost budget)",
+    "error_plus_cost": "(1 - final test accuracy) + cost_weight x cost / cost_scale",
+}
 
 
 def objective(name: str, *, overwrite: bool = False) -> Callable[[Objective], Objective]:

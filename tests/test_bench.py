@@ -52,7 +52,9 @@ def test_tiny_suite_writes_markdown_plots_and_provenance(tiny_run):
     assert "## selection-tiny" in md and "## full-tiny" in md and "±" in md
     names = sorted(p.name for p in tiny_run.plots)
     assert names == sorted(
-        f"{e}__accuracy_vs_{x}.png" for e in ("selection-tiny", "full-tiny") for x in ("round", "bytes")
+        f"{e}__{x}.png"
+        for e in ("selection-tiny", "full-tiny")
+        for x in ("accuracy_vs_round", "accuracy_vs_bytes", "objective")
     )
     for p in tiny_run.plots:
         assert p.read_bytes()[:8] == PNG
@@ -240,3 +242,23 @@ def test_summary_pairs_the_objective_with_the_baseline_and_prints_na_for_one_epi
     assert summary.loc["new", "objective_saving_low"] <= summary.loc["new", "objective_saving"]
     single = summarize(rows[:1]).iloc[0]
     assert np.isnan(single["objective_ci95"])  # one episode: no interval, printed as n/a
+
+
+def test_accuracy_curves_average_the_running_episodes_and_end_at_the_median_length():
+    from qflgym.agents.bench.plots import _episode_matrix, _running_mean_ci
+
+    lengths, acc = (1, 2, 4), {0: 0.1, 1: 0.2, 2: 0.3, 3: 0.4, 4: 0.5}
+    curves = pd.DataFrame(
+        [
+            {"seed": s, "episode": 0, "round": r, "accuracy": acc[r] + s / 100}
+            for s, n in enumerate(lengths)
+            for r in range(n + 1)
+        ]
+    )
+    grid = np.arange(5)
+    mat = _episode_matrix(curves, "round", grid, "accuracy")
+    assert np.isnan(mat[0, 2:]).all() and np.isnan(mat[1, 3:]).all() and not np.isnan(mat[2]).any()
+    mean, _, shown = _running_mean_ci(mat)
+    assert shown.tolist() == [True, True, True, False, False]  # 1 of 3 episodes still runs at round 3
+    assert mean[2] == pytest.approx((0.31 + 0.32) / 2)  # round 2: the two running episodes, not a carried 0.2
+    assert np.isnan(mean[3:]).all()

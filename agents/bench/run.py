@@ -121,5 +121,5 @@ def write_results(
     summary = summarize(df, baseline=suite.baseline)
     summary.to_csv(out / "summary.csv", index=False)
     results_md = write_markdown(summary, out / "results.md", suite, extra_lines=extra_lines)
-    plots = plot_suite(curves_df, out / "plots")
+    plots = plot_suite(curves_df, out / "plots", rows=df)
     return BenchOutput(out, results_csv, curves_csv, results_md, plots)

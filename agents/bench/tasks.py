@@ -68,6 +68,7 @@ def _run_task(task: Task) -> TaskResult:
         spec = getattr(env, "spec", None)
         budget = getattr(spec, "max_episode_steps", None)
         base["budget"] = float("nan") if budget is None else int(budget)
+        objective_name = getattr(getattr(env.unwrapped, "config", None), "objective", None)
         for episode_index in range(task.episodes):
             ep = run_episode(
                 env,
@@ -75,7 +76,8 @@ def _run_task(task: Task) -> TaskResult:
                 seed=task.seed if episode_index == 0 else None,
                 deterministic=task.controller.deterministic,
             )
-            result.rows.append({**base, "episode": episode_index, **episode_metrics(ep, target)})
+            row = {**base, "objective_name": objective_name, "episode": episode_index, **episode_metrics(ep, target)}
+            result.rows.append(row)
             for rec in ep.trace:
                 result.curves.append({**base, "episode": episode_index, **rec})
         return result

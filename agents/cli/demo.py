@@ -1,4 +1,4 @@
-"""``qflgym demo``: train PPO and benchmark it against the heuristics (:mod:`qflgym.agents.demo`)."""
+"""``qflgym demo``: train a controller and benchmark it against the heuristics (:mod:`qflgym.agents.demo`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from qflgym.agents.cli.commands import Command
 def _configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a fast variant (small budget, 2 seeds) to check the pipeline")
     p.add_argument("--out", help="output directory (default runs/demo__<time>)")
-    p.add_argument("--timesteps", type=int, help="PPO training steps (default 20000; --quick: 1024)")
+    p.add_argument(
+        "--timesteps", type=int, help="PPO steps after cloning the cost-aware teacher (default 0: the clone itself)"
+    )
     p.add_argument("--seeds", type=int, help="evaluation seeds (default 20; --quick: 2)")
     p.add_argument("--n-envs", type=int, default=2, help="vectorized training envs (default 2)")
     p.add_argument("--executor", choices=("ray", "serial"), default="ray", help="benchmark executor (default ray)")
@@ -37,7 +39,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 COMMAND = Command(
     "demo",
-    "train PPO on QFL/ClientSelection-v1 and benchmark it against the heuristics",
+    "clone a heuristic into the equivariant policy on QFL/ClientSelection-v1 and benchmark it against the heuristics",
     _configure_demo,
     _run_demo,
 )
