@@ -394,6 +394,46 @@ def test_fused_loss_and_grad_matches_autograd(q: int, readout: str, readout_erro
         torch.testing.assert_close(grad, grad_ref, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("engine", ["unitary", "dense", "split"])
+def test_fused_loss_and_grad_with_shots_is_autograds_bit_for_bit(engine: str) -> None:
+    """Finite shots take the hand-written backward too: the same draws, loss and straight-through gradient."""
+    spec = CircuitSpec(4, 2, n_classes=4)
+    backend = make_backend(spec, BackendConfig())
+    backend.engine = engine
+    rng = np.random.default_rng(7)
+    params = torch.tensor(rng.normal(0, 1, (4, spec.n_params)))
+    x = torch.tensor(rng.uniform(0, np.pi, (4, 6, 4)))
+    y = torch.tensor(rng.integers(0, 4, (4, 6)))
+    mask = torch.ones(4, 6, dtype=torch.float64)
+    mask[1, 4:] = 0.0
+    noise = ClientNoise((64, None, 1024, 16), (0.0,) * 4, (0.05, 0.0, 0.0, 0.2))
+    gen_ref, gen = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    loss_ref, grad_ref = Backend.loss_and_grad(backend, params, x, y, mask, noise, gen_ref)
+    loss, grad = backend.loss_and_grad(params, x, y, mask, noise, gen)
+    assert torch.equal(loss, loss_ref) and torch.equal(grad, grad_ref)
+    assert torch.equal(gen.get_state(), gen_ref.get_state())
+
+
+def test_sampling_numpy_and_torch_paths_agree() -> None:
+    """The NumPy path (CPU generators) and the torch path (other devices) draw the same counts."""
+    from qflgym.qfl_core.backends import sampling
+
+    probs = torch.rand(40, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) ** 4
+    probs[:, 3] = 0.0
+    probs = probs / probs.sum(1, keepdim=True)
+    shots = torch.full((40,), 500.0, dtype=torch.float64)
+    noise = ClientNoise((500,) * 5, (0.0,) * 5, (0.0, 0.1, 0.0, 0.3, 0.05))
+    for seed in range(3):
+        counts_np = sampling._sample_counts(probs.numpy(), shots.numpy(), torch.Generator().manual_seed(seed), np)
+        counts_t = sampling._sample_counts(probs, shots, torch.Generator().manual_seed(seed), torch)
+        assert np.array_equal(counts_np, counts_t.numpy())
+        means = [
+            sampling._shot_means(p, noise, list(range(5)), torch.Generator().manual_seed(seed), xp)
+            for p, xp in ((probs.view(5, 8, 16).numpy(), np), (probs.view(5, 8, 16), torch))
+        ]
+        assert np.array_equal(means[0], means[1].numpy())
+
+
 def test_unitary_engine_needs_no_reupload() -> None:
     backend = make_backend(CircuitSpec(3, 2, reupload=True), BackendConfig())
     assert backend.engine == "dense"
