@@ -12,8 +12,8 @@ import torch
 from qflgym.qfl_core.backends import BACKENDS, Backend, ClientNoise, PennyLaneBackend, TorchBackend, make_backend
 from qflgym.qfl_core.backends.linalg import kron_matrices, kron_vectors, kron_vectors_grad
 from qflgym.qfl_core.backends.pauli import pauli_cnot_table
-from qflgym.qfl_core.backends.sampling import sample_counts
-from qflgym.qfl_core.circuits import CircuitSpec
+from qflgym.qfl_core.backends.sampling import sample_counts, shot_estimates
+from qflgym.qfl_core.circuits import CircuitSpec, z_signs
 from qflgym.qfl_core.config import BackendConfig
 
 
@@ -414,24 +414,46 @@ def test_fused_loss_and_grad_with_shots_is_autograds_bit_for_bit(engine: str) ->
     assert torch.equal(gen.get_state(), gen_ref.get_state())
 
 
-def test_sampling_numpy_and_torch_paths_agree() -> None:
-    """The NumPy path (CPU generators) and the torch path (other devices) draw the same counts."""
-    from qflgym.qfl_core.backends import sampling
+def reference_shot_means(
+    probs: torch.Tensor, shots: float, readout_error: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
+    """The shot sampling written in torch ops, the way it was before it moved to NumPy: ``[C, B, Q]``."""
+    n_clients, batch, dim = probs.shape
+    q = dim.bit_length() - 1
+    r = readout_error.view(-1, 1, 1, 1)
+    for qubit in range(q):
+        pv = probs.reshape(n_clients, batch * 2**qubit, 2, -1)
+        probs = ((1 - r) * pv + r * pv.flip(2)).reshape(probs.shape)
+    n = n_clients * batch
+    marginals = [probs.reshape(n, dim).clamp_min(0)]
+    for _ in range(q):
+        marginals.append(marginals[-1].view(n, -1, 2).sum(-1))
+    marginals.reverse()
+    counts = torch.full((n, 1), shots, dtype=probs.dtype)
+    for k in range(q):
+        pair = marginals[k + 1].view(n, 2**k, 2)
+        total = pair.sum(-1)
+        p_one = torch.where(total > 0, pair[..., 1] / total.clamp_min(torch.finfo(probs.dtype).tiny), 0.0)
+        ones = torch.binomial(counts, p_one.clamp(0.0, 1.0), generator=gen)
+        counts = torch.stack((counts - ones, ones), -1).view(n, 2 ** (k + 1))
+    signs = torch.as_tensor(z_signs(q), dtype=probs.dtype)
+    return ((counts @ signs) / shots).view(n_clients, batch, q)
 
-    probs = torch.rand(40, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) ** 4
-    probs[:, 3] = 0.0
-    probs = probs / probs.sum(1, keepdim=True)
-    shots = torch.full((40,), 500.0, dtype=torch.float64)
-    noise = ClientNoise((500,) * 5, (0.0,) * 5, (0.0, 0.1, 0.0, 0.3, 0.05))
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_shot_estimates_draw_what_torch_ops_draw(dtype: torch.dtype) -> None:
+    """The NumPy arithmetic around the binomial draws gives the counts of the same steps in torch, bit for bit."""
+    probs = torch.rand(5, 8, 16, dtype=dtype, generator=torch.Generator().manual_seed(0)) ** 4
+    probs[..., 3] = 0.0
+    probs = probs / probs.sum(-1, keepdim=True)
+    flips = (0.0, 0.1, 0.0, 0.3, 0.05)
+    noise = ClientNoise((500,) * 5 + (None,), (0.0,) * 6, (*flips, 0.0))
+    z = torch.rand(6, 8, 4, dtype=dtype)
+    readout = torch.tensor(flips, dtype=dtype)
     for seed in range(3):
-        counts_np = sampling._sample_counts(probs.numpy(), shots.numpy(), torch.Generator().manual_seed(seed), np)
-        counts_t = sampling._sample_counts(probs, shots, torch.Generator().manual_seed(seed), torch)
-        assert np.array_equal(counts_np, counts_t.numpy())
-        means = [
-            sampling._shot_means(p, noise, list(range(5)), torch.Generator().manual_seed(seed), xp)
-            for p, xp in ((probs.view(5, 8, 16).numpy(), np), (probs.view(5, 8, 16), torch))
-        ]
-        assert np.array_equal(means[0], means[1].numpy())
+        expected = reference_shot_means(probs, 500.0, readout, torch.Generator().manual_seed(seed))
+        got = shot_estimates(z, torch.cat((probs, probs[:1])), noise, torch.Generator().manual_seed(seed))
+        assert torch.equal(got[:5], expected) and torch.equal(got[5], z[5])
 
 
 def test_unitary_engine_needs_no_reupload() -> None:
