@@ -65,18 +65,26 @@ def _sample_counts(probs: np.ndarray, shots: np.ndarray, generator: torch.Genera
         marginal = marginal[:, 0::2] + marginal[:, 1::2]
         marginals.append(marginal)
     marginals.reverse()  # marginals[k]: [N, 2^k] distribution of the first k bits
-    tiny = np.finfo(probs.dtype).tiny
+    # p(next bit = 1 | prefix) of every level at once: [N, 1 + 2 + ... + 2^(Q-1)]
+    total = np.concatenate(marginals[:-1], axis=1)
+    ones_mass = np.concatenate([m[:, 1::2] for m in marginals[1:]], axis=1)
+    p_one = np.where(total > 0, ones_mass / np.maximum(total, np.finfo(probs.dtype).tiny), 0.0)
+    p_one = np.minimum(p_one, 1.0).astype(probs.dtype, copy=False)  # in [0, 1] already (monotone rounding)
     counts = np.ascontiguousarray(shots, dtype=probs.dtype).reshape(n, 1)
     for k in range(n_qubits):
-        total, ones_mass = marginals[k], marginals[k + 1][:, 1::2]
-        p_one = np.where(total > 0, ones_mass / np.maximum(total, tiny), 0.0).astype(probs.dtype, copy=False)
-        np.minimum(p_one, 1.0, out=p_one)  # in [0, 1] already (rounding is monotone); kept as a guard
-        ones = _binomial(counts, p_one, generator)
+        ones = _binomial(counts, np.ascontiguousarray(p_one[:, 2**k - 1 : 2 ** (k + 1) - 1]), generator)
         split = np.empty((n, 2**k, 2), dtype=probs.dtype)
         np.subtract(counts, ones, out=split[..., 0])
         split[..., 1] = ones
         counts = split.reshape(n, 2 ** (k + 1))
     return counts
+
+
+@functools.cache
+def _bit_flips(n_qubits: int) -> tuple[np.ndarray, ...]:
+    """For each qubit (wire 0 first), the basis index with that qubit's bit flipped: ``Q x [2^Q]``."""
+    index = np.arange(2**n_qubits)
+    return tuple(index ^ (1 << (n_qubits - 1 - q)) for q in range(n_qubits))
 
 
 @functools.cache
@@ -101,12 +109,14 @@ def shot_estimates(
     """
     chosen = [c for c, s in enumerate(noise.shots) if s is not None]
     n_clients, batch, q = z.shape
+    # the rows with shots, as a slice when they come first (the common case: the trained clients' rows)
+    rows: slice | list[int] = slice(0, len(chosen)) if chosen == list(range(len(chosen))) else chosen
     with torch.no_grad():
-        sampled = _shot_means(_numpy(probs[chosen] if len(chosen) < n_clients else probs), noise, chosen, generator)
+        sampled = _shot_means(_numpy(probs[rows]), noise, chosen, generator)
         sampled = torch.from_numpy(sampled.reshape(len(chosen), batch, q)).to(z.device)
         if len(chosen) < n_clients:
             values = z.detach().clone()
-            values[chosen] = sampled
+            values[rows] = sampled
         else:
             values = sampled
     if not z.requires_grad:
@@ -119,12 +129,11 @@ def _shot_means(probs: np.ndarray, noise: ClientNoise, chosen: list[int], genera
     n_chosen, batch, dim = probs.shape
     q = dim.bit_length() - 1
     flips = [noise.readout_error[c] for c in chosen]
-    if any(flips):  # per-qubit confusion: p(b) -> (1 - r) p(b) + r p(b with bit q flipped)
-        r = np.array(flips, dtype=probs.dtype).reshape(-1, 1, 1, 1)
+    if any(flips):  # per-qubit confusion, qubit by qubit: p(b) -> (1 - r) p(b) + r p(b with bit q flipped)
+        r = np.array(flips, dtype=probs.dtype).reshape(-1, 1, 1)
         keep = 1 - r
-        for qubit in range(q):
-            pv = probs.reshape(n_chosen, batch * 2**qubit, 2, -1)
-            probs = (keep * pv + r * pv[:, :, ::-1]).reshape(n_chosen, batch, dim)
+        for flipped in _bit_flips(q):
+            probs = keep * probs + r * probs[..., flipped]
     shots = np.repeat(np.array([float(noise.shots[c]) for c in chosen], dtype=probs.dtype), batch)
     counts = _sample_counts(probs.reshape(n_chosen * batch, dim), shots, generator)
     return (counts @ _signs(q).astype(probs.dtype, copy=False)) / shots[:, None]
