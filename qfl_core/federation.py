@@ -392,12 +392,12 @@ class Federation(RoundSnapshot):
                 wall_time_s=float(seconds),
             )
             for cid, row, samples, execs, shots, seconds in zip(
-                fit.client_ids,
+                fit.client_ids.tolist(),
                 rows,
-                fit.samples_used,
-                fit.circuit_executions,
-                fit.shots_used,
-                fit.wall_time_s,
+                fit.samples_used.tolist(),
+                fit.circuit_executions.tolist(),
+                fit.shots_used.tolist(),
+                fit.wall_time_s.tolist(),
                 strict=True,
             )
         )
