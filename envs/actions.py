@@ -435,8 +435,9 @@ def _box_values(action: Any, space: spaces.Box) -> np.ndarray:
         raise _invalid(action, space, f"expected shape {space.shape}, got {a.shape}")
     if a.dtype.kind not in "biuf":
         raise _invalid(action, space, f"expected numbers, got dtype {a.dtype}")
-    outside = np.argwhere(~((a >= space.low) & (a <= space.high)))  # NaN fails both comparisons
-    if outside.size:
+    inside = (a >= space.low) & (a <= space.high)  # NaN fails both comparisons
+    if not inside.all():
+        outside = np.argwhere(~inside)
         shown = ", ".join(f"[{', '.join(map(str, index))}] = {float(a[tuple(index)])!r}" for index in outside[:4])
         raise _invalid(action, space, f"values must be finite and within [-1, 1]; outside: {shown}")
     return a.astype(np.float64, copy=False)

@@ -64,9 +64,12 @@ def logits_jointly(spec: CircuitSpec, backend: Backend, inputs: Sequence[EvalInp
     indexed = list(enumerate(inputs))
     with torch.no_grad():
         for group in call_groups(indexed, lambda item: item[1][2], lambda item: item[1][1].shape[1]):
-            params = torch.cat([item[1][0] for item in group])
-            x = torch.cat([item[1][1] for item in group])
-            noise = ClientNoise.concat([item[1][2] for item in group])
+            if len(group) == 1:  # one federation's call: its own tensors, no copies
+                params, x, noise, _ = group[0][1]
+            else:
+                params = torch.cat([item[1][0] for item in group])
+                x = torch.cat([item[1][1] for item in group])
+                noise = ClientNoise.concat([item[1][2] for item in group])
             weights, readout = spec.split(params)
             logits = spec.logits(backend.expvals(weights, x, noise, group[0][1][3]), readout)
             for (i, _), part in zip(group, logits.split([len(item[1][0]) for item in group]), strict=True):

@@ -154,6 +154,8 @@ class ClientPool:
         self._sizes = torch.as_tensor(sizes)
         self._padding = torch.arange(max_n)[None, :] >= self._sizes[:, None]
         self._batch = min(self.batch_size, max_n)
+        #: ``[N, batch]`` 1 for the rows of a client's minibatch that hold a sample (all but small clients' tails)
+        self._batch_mask = (torch.arange(self._batch)[None, :] < self._sizes[:, None]).to(self._x.dtype)
         self._executions_per_sample = 1 + 2 * spec.n_circuit_params
         self._latency = np.array([p.latency_s for p in profiles])
         self._shots = np.array([p.shots or 0 for p in profiles], dtype=np.int64)
@@ -197,13 +199,13 @@ class ClientPool:
     def _sample_batch(
         self, rows: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        keys = torch.rand(self._padding[rows].shape, generator=generator, dtype=self._x.dtype)
-        keys.masked_fill_(self._padding[rows], 2.0)
+        padding = self._padding[rows]
+        keys = torch.rand(padding.shape, generator=generator, dtype=self._x.dtype)
+        keys.masked_fill_(padding, 2.0)
         order = keys.argsort(dim=1)[:, : self._batch]
         x = self._x[rows[:, None], order]
         y = self._y[rows[:, None], order]
-        mask = (torch.arange(self._batch)[None, :] < self._sizes[rows, None]).to(self._x.dtype)
-        return x, y, mask
+        return x, y, self._batch_mask[rows]
 
     def fit(
         self, global_params: torch.Tensor, client_ids: np.ndarray, fit: FitConfig, generator: torch.Generator

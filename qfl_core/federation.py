@@ -152,8 +152,8 @@ def round_knobs(lr: float | None, local_steps: int | None, config: FederationCon
 def update_geometry(updates: torch.Tensor, global_update: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Norms ``[C]`` of client updates, their cosines ``[C]`` with the global update (0 if either is zero), its norm."""
     with torch.no_grad():
-        norms = updates.norm(dim=1)
-        global_norm = global_update.norm()
+        norms = torch.cat((updates, global_update.unsqueeze(0))).norm(dim=1)  # one reduction, row by row
+        norms, global_norm = norms[:-1], norms[-1]
         denom = norms * global_norm
         cosine = torch.where(denom > 0, (updates @ global_update) / denom.clamp_min(1e-300), 0.0)
     return norms, cosine, float(global_norm)
@@ -392,12 +392,12 @@ class Federation(RoundSnapshot):
                 wall_time_s=float(seconds),
             )
             for cid, row, samples, execs, shots, seconds in zip(
-                fit.client_ids,
+                fit.client_ids.tolist(),
                 rows,
-                fit.samples_used,
-                fit.circuit_executions,
-                fit.shots_used,
-                fit.wall_time_s,
+                fit.samples_used.tolist(),
+                fit.circuit_executions.tolist(),
+                fit.shots_used.tolist(),
+                fit.wall_time_s.tolist(),
                 strict=True,
             )
         )
@@ -429,8 +429,8 @@ class Federation(RoundSnapshot):
             eval_logits = logits[n:].flatten(0, 1)[: self._n_eval]
             ce = F.cross_entropy(eval_logits, self._eval_y, reduction="none")
             correct = (eval_logits.argmax(1) == self._eval_y).to(ce.dtype)
-            v = self._n_val
-            stats = torch.stack([correct[:v].mean(), ce[:v].mean(), correct[v:].mean(), ce[v:].mean()]).tolist()
+            v, rows = self._n_val, torch.stack((correct, ce))
+            stats = torch.cat((rows[:, :v].mean(1), rows[:, v:].mean(1))).tolist()  # val acc, loss, test acc, loss
         if not self.config.evaluate_test:
             stats[2:] = [math.nan, math.nan]
         val_acc, val_loss, test_acc, test_loss = stats

@@ -2,7 +2,9 @@
 
 :func:`masked_cross_entropy` is the loss every client minimizes; :func:`readout_cross_entropy` computes it from
 Pauli-Z expectations together with its gradients with respect to the expectations and the readout parameters,
-in closed form (``softmax - onehot``), so a simulator with a hand-written backward can skip autograd entirely.
+in closed form (``softmax - onehot``), so a simulator with a hand-written backward can skip autograd entirely. It
+runs the operations autograd runs through :func:`masked_cross_entropy` (log-softmax's own backward kernel
+included), so both give the same bits.
 """
 
 from __future__ import annotations
@@ -45,12 +47,16 @@ def readout_cross_entropy(
             w = spec.grouping_matrix(z.dtype).to(z.device)
             w = w.expand(len(z), *w.shape)  # one product per row (see backends.linalg.rowwise_matmul)
             logits = torch.bmm(z, w)
+        # The operations autograd runs through masked_cross_entropy, so both give the same bits: loss =
+        # sum(ce * mask) / sum(mask), d loss / d ce = (1 / sum(mask)) * mask, then log-softmax's own backward
+        # kernel on the one-hot cotangent (softmax - onehot, up to its rounding).
         log_p = torch.log_softmax(logits, -1)
-        weight = mask / mask.sum(1, keepdim=True)
+        count = mask.sum(1)
         picked = log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-        loss = -(picked * weight).sum(1)
-        grad_logits = torch.exp(log_p).scatter_add_(-1, y.unsqueeze(-1), -torch.ones_like(picked).unsqueeze(-1))
-        grad_logits = grad_logits * weight.unsqueeze(-1)
+        loss = (-picked * mask).sum(1) / count
+        weight = (1.0 / count).unsqueeze(1) * mask
+        grad_log_p = torch.zeros_like(log_p).scatter_(-1, y.unsqueeze(-1), -weight.unsqueeze(-1))
+        grad_logits = torch.ops.aten._log_softmax_backward_data(grad_log_p, log_p, -1, log_p.dtype)
         grad_z = torch.bmm(grad_logits, w.mT)
         if z.shape[-1] != full_z.shape[-1]:  # qubits that are not read out get a zero cotangent
             grad_z = torch.cat((grad_z, grad_z.new_zeros(*grad_z.shape[:-1], full_z.shape[-1] - z.shape[-1])), -1)

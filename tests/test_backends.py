@@ -12,8 +12,8 @@ import torch
 from qflgym.qfl_core.backends import BACKENDS, Backend, ClientNoise, PennyLaneBackend, TorchBackend, make_backend
 from qflgym.qfl_core.backends.linalg import kron_matrices, kron_vectors, kron_vectors_grad
 from qflgym.qfl_core.backends.pauli import pauli_cnot_table
-from qflgym.qfl_core.backends.sampling import sample_counts
-from qflgym.qfl_core.circuits import CircuitSpec
+from qflgym.qfl_core.backends.sampling import sample_counts, shot_estimates
+from qflgym.qfl_core.circuits import CircuitSpec, z_signs
 from qflgym.qfl_core.config import BackendConfig
 
 
@@ -392,6 +392,68 @@ def test_fused_loss_and_grad_matches_autograd(q: int, readout: str, readout_erro
         loss, grad = backend.loss_and_grad(params, x, y, mask, noise, torch.Generator())
         torch.testing.assert_close(loss, loss_ref, atol=1e-12, rtol=0)
         torch.testing.assert_close(grad, grad_ref, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("engine", ["unitary", "dense", "split"])
+def test_fused_loss_and_grad_with_shots_is_autograds_bit_for_bit(engine: str) -> None:
+    """Finite shots take the hand-written backward too: the same draws, loss and straight-through gradient."""
+    spec = CircuitSpec(4, 2, n_classes=4)
+    backend = make_backend(spec, BackendConfig())
+    backend.engine = engine
+    rng = np.random.default_rng(7)
+    params = torch.tensor(rng.normal(0, 1, (4, spec.n_params)))
+    x = torch.tensor(rng.uniform(0, np.pi, (4, 6, 4)))
+    y = torch.tensor(rng.integers(0, 4, (4, 6)))
+    mask = torch.ones(4, 6, dtype=torch.float64)
+    mask[1, 4:] = 0.0
+    noise = ClientNoise((64, None, 1024, 16), (0.0,) * 4, (0.05, 0.0, 0.0, 0.2))
+    gen_ref, gen = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    loss_ref, grad_ref = Backend.loss_and_grad(backend, params, x, y, mask, noise, gen_ref)
+    loss, grad = backend.loss_and_grad(params, x, y, mask, noise, gen)
+    assert torch.equal(loss, loss_ref) and torch.equal(grad, grad_ref)
+    assert torch.equal(gen.get_state(), gen_ref.get_state())
+
+
+def reference_shot_means(
+    probs: torch.Tensor, shots: float, readout_error: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
+    """The shot sampling written in torch ops, the way it was before it moved to NumPy: ``[C, B, Q]``."""
+    n_clients, batch, dim = probs.shape
+    q = dim.bit_length() - 1
+    r = readout_error.view(-1, 1, 1, 1)
+    for qubit in range(q):
+        pv = probs.reshape(n_clients, batch * 2**qubit, 2, -1)
+        probs = ((1 - r) * pv + r * pv.flip(2)).reshape(probs.shape)
+    n = n_clients * batch
+    marginals = [probs.reshape(n, dim).clamp_min(0)]
+    for _ in range(q):
+        marginals.append(marginals[-1].view(n, -1, 2).sum(-1))
+    marginals.reverse()
+    counts = torch.full((n, 1), shots, dtype=probs.dtype)
+    for k in range(q):
+        pair = marginals[k + 1].view(n, 2**k, 2)
+        total = pair.sum(-1)
+        p_one = torch.where(total > 0, pair[..., 1] / total.clamp_min(torch.finfo(probs.dtype).tiny), 0.0)
+        ones = torch.binomial(counts, p_one.clamp(0.0, 1.0), generator=gen)
+        counts = torch.stack((counts - ones, ones), -1).view(n, 2 ** (k + 1))
+    signs = torch.as_tensor(z_signs(q), dtype=probs.dtype)
+    return ((counts @ signs) / shots).view(n_clients, batch, q)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_shot_estimates_draw_what_torch_ops_draw(dtype: torch.dtype) -> None:
+    """The NumPy arithmetic around the binomial draws gives the counts of the same steps in torch, bit for bit."""
+    probs = torch.rand(5, 8, 16, dtype=dtype, generator=torch.Generator().manual_seed(0)) ** 4
+    probs[..., 3] = 0.0
+    probs = probs / probs.sum(-1, keepdim=True)
+    flips = (0.0, 0.1, 0.0, 0.3, 0.05)
+    noise = ClientNoise((500,) * 5 + (None,), (0.0,) * 6, (*flips, 0.0))
+    z = torch.rand(6, 8, 4, dtype=dtype)
+    readout = torch.tensor(flips, dtype=dtype)
+    for seed in range(3):
+        expected = reference_shot_means(probs, 500.0, readout, torch.Generator().manual_seed(seed))
+        got = shot_estimates(z, torch.cat((probs, probs[:1])), noise, torch.Generator().manual_seed(seed))
+        assert torch.equal(got[:5], expected) and torch.equal(got[5], z[5])
 
 
 def test_unitary_engine_needs_no_reupload() -> None:

@@ -6,10 +6,18 @@ one multinomial draw of the outcome counts; ``<Z_q>`` is the mean of the ``+-1``
 ``2/S``. Readout bit flips ``r`` act on the distribution through the per-qubit confusion matrix before
 sampling. The gradient is that of the exact expectation (straight-through estimator):
 ``z = z_sampled + (z_exact - z_exact.detach())``.
+
+The arithmetic around the draws runs in NumPy: at these sizes (a few thousand numbers) a NumPy operation costs a
+fraction of a torch one. The draws are ``torch.binomial`` calls on the same memory (from the caller's generator),
+and the arithmetic is the same elementwise IEEE operations in the same order as a torch implementation (the pair
+sums of the tree are ``a + b``), so the counts are those torch would draw, bit for bit.
 """
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 
 from qflgym.qfl_core.backends.base import ClientNoise
@@ -29,24 +37,59 @@ def sample_counts(probs: torch.Tensor, shots: torch.Tensor, generator: torch.Gen
         generator: Random source.
 
     Returns:
-        ``[N, 2^Q]`` counts (floating point, integral values) summing to ``shots`` per row.
+        ``[N, 2^Q]`` counts (floating point, integral values, on the CPU) summing to ``shots`` per row.
     """
+    return torch.from_numpy(_sample_counts(_numpy(probs), _numpy(shots), generator))
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _binomial(counts: np.ndarray, p_one: np.ndarray, generator: torch.Generator) -> np.ndarray:
+    """``torch.binomial`` from ``generator`` on the memory of two arrays (on the generator's device)."""
+    device = generator.device
+    if device.type == "cpu":
+        return torch.binomial(torch.from_numpy(counts), torch.from_numpy(p_one), generator=generator).numpy()
+    draws = torch.binomial(torch.from_numpy(counts).to(device), torch.from_numpy(p_one).to(device), generator=generator)
+    return _numpy(draws)
+
+
+def _sample_counts(probs: np.ndarray, shots: np.ndarray, generator: torch.Generator) -> np.ndarray:
+    """:func:`sample_counts` on arrays: ``[N, 2^Q]`` counts of the same dtype as ``probs``."""
     n, dim = probs.shape
     n_qubits = dim.bit_length() - 1
-    probs = probs.clamp_min(0)
-    marginals = [probs]
-    for _ in range(n_qubits):
-        marginals.append(marginals[-1].view(n, -1, 2).sum(-1))
+    marginal = np.maximum(probs, 0.0)
+    marginals = [marginal]
+    for _ in range(n_qubits):  # pair sums a + b: the distribution of one bit fewer
+        marginal = marginal[:, 0::2] + marginal[:, 1::2]
+        marginals.append(marginal)
     marginals.reverse()  # marginals[k]: [N, 2^k] distribution of the first k bits
-    counts = shots.reshape(n, 1)
+    # p(next bit = 1 | prefix) of every level at once: [N, 1 + 2 + ... + 2^(Q-1)]
+    total = np.concatenate(marginals[:-1], axis=1)
+    ones_mass = np.concatenate([m[:, 1::2] for m in marginals[1:]], axis=1)
+    p_one = np.where(total > 0, ones_mass / np.maximum(total, np.finfo(probs.dtype).tiny), 0.0)
+    p_one = np.minimum(p_one, 1.0).astype(probs.dtype, copy=False)  # in [0, 1] already (monotone rounding)
+    counts = np.ascontiguousarray(shots, dtype=probs.dtype).reshape(n, 1)
     for k in range(n_qubits):
-        pair = marginals[k + 1].view(n, 2**k, 2)
-        total = pair.sum(-1)
-        p_one = torch.where(total > 0, pair[..., 1] / total.clamp_min(torch.finfo(probs.dtype).tiny), 0.0)
-        ones = torch.binomial(counts, p_one.clamp(0.0, 1.0), generator=generator)
-        counts = torch.stack((counts - ones, ones), -1).view(n, 2 ** (k + 1))
+        ones = _binomial(counts, np.ascontiguousarray(p_one[:, 2**k - 1 : 2 ** (k + 1) - 1]), generator)
+        split = np.empty((n, 2**k, 2), dtype=probs.dtype)
+        np.subtract(counts, ones, out=split[..., 0])
+        split[..., 1] = ones
+        counts = split.reshape(n, 2 ** (k + 1))
     return counts
 
+
+@functools.cache
+def _bit_flips(n_qubits: int) -> tuple[np.ndarray, ...]:
+    """For each qubit (wire 0 first), the basis index with that qubit's bit flipped: ``Q x [2^Q]``."""
+    index = np.arange(2**n_qubits)
+    return tuple(index ^ (1 << (n_qubits - 1 - q)) for q in range(n_qubits))
+
+
+@functools.cache
+def _signs(n_qubits: int) -> np.ndarray:
+    return z_signs(n_qubits)
 
 
 def shot_estimates(
@@ -58,26 +101,39 @@ def shot_estimates(
         z: ``[C, B, Q]`` exact expectations (after readout noise), possibly with a gradient.
         probs: ``[C, B, 2^Q]`` outcome probabilities in the true basis (before readout noise).
         noise: The clients' shots and readout errors.
-        generator: The source of the draws; sampling runs on its device.
+        generator: The source of the draws (on its device).
 
     Returns:
-        ``[C, B, Q]``: shot estimates where ``noise.shots`` is finite, ``z`` elsewhere; gradient that of ``z``.
+        ``[C, B, Q]``: shot estimates where ``noise.shots`` is finite, ``z`` elsewhere; gradient that of ``z``
+        (a tensor without gradient when ``z`` has none).
     """
     chosen = [c for c, s in enumerate(noise.shots) if s is not None]
-    _, batch, q = z.shape
+    n_clients, batch, q = z.shape
+    # the rows with shots, as a slice when they come first (the common case: the trained clients' rows)
+    rows: slice | list[int] = slice(0, len(chosen)) if chosen == list(range(len(chosen))) else chosen
     with torch.no_grad():
-        probs = probs.detach()[chosen].to(generator.device)  # [C', B, D] true basis
-        flips = [noise.readout_error[c] for c in chosen]
-        if any(flips):  # per-qubit confusion: p(b) -> (1 - r) p(b) + r p(b with bit q flipped)
-            r = torch.tensor(flips, dtype=probs.dtype, device=probs.device).view(-1, 1, 1, 1)
-            for qubit in range(q):
-                pv = probs.reshape(len(chosen), batch * 2**qubit, 2, -1)
-                probs = ((1 - r) * pv + r * pv.flip(2)).reshape(probs.shape)
-        shots = torch.tensor([float(noise.shots[c]) for c in chosen], dtype=probs.dtype, device=probs.device)
-        shots = shots.view(-1, 1).expand(-1, batch).reshape(-1)
-        counts = sample_counts(probs.reshape(len(chosen) * batch, -1), shots, generator)
-        signs = torch.as_tensor(z_signs(q), dtype=probs.dtype, device=probs.device)
-        sampled = (counts @ signs) / shots.unsqueeze(-1)
-        values = z.detach().clone()
-        values[chosen] = sampled.view(len(chosen), batch, q).to(values.device)
+        sampled = _shot_means(_numpy(probs[rows]), noise, chosen, generator)
+        sampled = torch.from_numpy(sampled.reshape(len(chosen), batch, q)).to(z.device)
+        if len(chosen) < n_clients:
+            values = z.detach().clone()
+            values[rows] = sampled
+        else:
+            values = sampled
+    if not z.requires_grad:
+        return values
     return values + (z - z.detach())
+
+
+def _shot_means(probs: np.ndarray, noise: ClientNoise, chosen: list[int], generator: torch.Generator) -> np.ndarray:
+    """``[C' B, Q]`` shot means of the clients ``chosen`` from their true-basis ``probs [C', B, D]``."""
+    n_chosen, batch, dim = probs.shape
+    q = dim.bit_length() - 1
+    flips = [noise.readout_error[c] for c in chosen]
+    if any(flips):  # per-qubit confusion, qubit by qubit: p(b) -> (1 - r) p(b) + r p(b with bit q flipped)
+        r = np.array(flips, dtype=probs.dtype).reshape(-1, 1, 1)
+        keep = 1 - r
+        for flipped in _bit_flips(q):
+            probs = keep * probs + r * probs[..., flipped]
+    shots = np.repeat(np.array([float(noise.shots[c]) for c in chosen], dtype=probs.dtype), batch)
+    counts = _sample_counts(probs.reshape(n_chosen * batch, dim), shots, generator)
+    return (counts @ _signs(q).astype(probs.dtype, copy=False)) / shots[:, None]

@@ -11,7 +11,8 @@ All ``C`` clients and their ``B`` samples are simulated in one call with a handf
 * finite shots by :mod:`qflgym.qfl_core.backends.sampling` (exact multinomial counts, straight-through gradient).
 
 :meth:`TorchBackend.loss_and_grad` folds the readout and the cross-entropy gradient into the same hand-written
-backward (:func:`~qflgym.qfl_core.losses.readout_cross_entropy`), so a training step builds no autograd graph.
+backward (:func:`~qflgym.qfl_core.losses.readout_cross_entropy`), so a training step without gate noise (finite
+shots included) builds no autograd graph.
 
 Gradients flow to the weights only: features ``x`` are data, and passing features that require a gradient
 raises a ``ValueError`` rather than silently returning no gradient for them.
@@ -141,11 +142,12 @@ class TorchBackend(Backend):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss ``[C]`` and gradient ``[C, P]`` (see :meth:`Backend.loss_and_grad`) without autograd.
 
-        Exact expectations (readout bit flips included) take the engine's forward and hand-written backward with
-        the closed-form readout and cross-entropy gradient; depolarizing noise and finite shots take the
-        autograd default.
+        Noiseless circuits (readout bit flips and finite shots included) take the engine's forward and
+        hand-written backward with the closed-form readout and cross-entropy gradient: with shots the loss is
+        that of the shot estimates and the gradient flows straight through to the exact expectations, as in
+        :func:`~qflgym.qfl_core.backends.sampling.shot_estimates`. Depolarizing noise takes the autograd default.
         """
-        if any(noise.depolarizing) or noise.has_shots or params.dtype not in COMPLEX:
+        if any(noise.depolarizing) or params.dtype not in COMPLEX:
             return super().loss_and_grad(params, x, y, mask, noise, generator)
         weights, readout = self.spec.split(params.detach())
         self.check_inputs(weights, x, noise)
@@ -157,6 +159,8 @@ class TorchBackend(Backend):
         if any(noise.readout_error):
             scale = torch.tensor([1.0 - 2.0 * r for r in noise.readout_error], dtype=z.dtype).view(-1, 1, 1)
             z = z * scale
+        if noise.has_shots:  # the loss of the shot estimates, the gradient of the exact expectations
+            z = shot_estimates(z, simulator.probabilities(saved.psi), noise, generator)
         loss, grad_z, grad_readout = readout_cross_entropy(self.spec, z, readout, y, mask)
         grad_weights = simulator.backward(saved, grad_z if scale is None else grad_z * scale)
         return loss, torch.cat((grad_weights.flatten(1), grad_readout), 1)
