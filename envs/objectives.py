@@ -55,7 +55,7 @@ OBJECTIVES: Registry[Objective] = Registry("objective", entry_point_group="qflgy
 #: Axis labels of the built-in objectives: what is counted, in which unit (plots, tables).
 OBJECTIVE_LABELS: dict[str, str] = {
     "rounds_to_target": "rounds to the target (censored at the round budget)",
-    "cost_to_target": "cost to the target: simulated s + priced shots (censored at the cost budget)",
+    "cost_to_target": "cost to the target (simulated s + priced shots; censored at the cost budget)",
     "error_plus_cost": "(1 - final test accuracy) + cost_weight x cost / cost_scale",
 }
 

@@ -99,7 +99,7 @@ def plot_objective(rows: pd.DataFrame, path: Path, title: str = "") -> Path:
     from qflgym.envs.objectives import OBJECTIVE_LABELS
 
     controllers = list(dict.fromkeys(rows["controller"]))
-    fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(controllers) + 1.6), dpi=120)
+    fig, ax = plt.subplots(figsize=(7.2, 0.5 * len(controllers) + 1.6), dpi=120)
     jitter = np.random.default_rng(0)
     for i, controller in enumerate(controllers):
         values = rows.loc[rows["controller"] == controller, "objective"].to_numpy(float)
@@ -113,8 +113,8 @@ def plot_objective(rows: pd.DataFrame, path: Path, title: str = "") -> Path:
     name = names.pop() if len(names) == 1 else None
     ax.set_yticks(range(len(controllers)), [f"{c} (n={int((rows['controller'] == c).sum())})" for c in controllers])
     ax.invert_yaxis()
-    ax.set_xlabel(OBJECTIVE_LABELS.get(name, "episode objective") + " — lower is better")
-    ax.set_title(f"{title}\ndots: episodes; bar: mean and bootstrap 95% CI over episodes", fontsize=9)
+    ax.set_xlabel(OBJECTIVE_LABELS.get(name, "episode objective"), fontsize=9)
+    ax.set_title(f"{title} (lower is better)\ndots: episodes; bar: mean and bootstrap 95% CI over episodes", fontsize=9)
     ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)
 
