@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -303,18 +304,35 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--presets: unknown {unknown}; allowed: {', '.join(suite)}")
         suite = {k: v for k, v in suite.items() if k in args.presets}
     n_train, n_eval = (3, 4) if args.quick else (args.train_seeds, args.eval_seeds)
+    measure_and_save(suite, n_train, n_eval, args, lambda result: print_tables(result, Console()), args.oracle_seeds)
+    return 0
+
+
+def measure_and_save(
+    suite: dict[str, dict[str, Any]],
+    n_train: int,
+    n_eval: int,
+    args: argparse.Namespace,
+    report: Callable[[dict], None],
+    oracle_seeds: int | None = None,
+) -> dict:
+    """:func:`measure` on training seeds ``0..n_train-1`` and evaluation seeds ``10000..``, saved.
+
+    Writes a run record and the result JSON at ``args.json`` (when given); ``report`` prints (and may extend)
+    the result before it is saved.
+    """
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         write_run_record(args.json.parent, {"args": vars(args) | {"json": str(args.json)}}, sys.argv)
     started = time.perf_counter()
     eval_seeds = list(range(10_000, 10_000 + n_eval))
-    result = measure(suite, list(range(n_train)), eval_seeds, args.workers, args.json, args.oracle_seeds)
+    result = measure(suite, list(range(n_train)), eval_seeds, args.workers, args.json, oracle_seeds)
     result["wall_time_s"] = time.perf_counter() - started
-    print_tables(result, Console())
+    report(result)
     print(f"wall time {result['wall_time_s']:.0f} s on {args.workers} workers")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
-    return 0
+    return result
 
 
 if __name__ == "__main__":

@@ -15,17 +15,13 @@ settings) and the policy run on the evaluation seeds 10000..; every saving is pa
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import sys
-import time
 from pathlib import Path
 
-from headroom import _pct, measure
+from headroom import _pct, measure_and_save
 
 from qflgym.config import parse_yaml
-from qflgym.runs import write_run_record
 
 #: The reference grid: random-k's k (capped by each env's selection budget).
 NAIVE_K = (1, 2, 3, 4, 6, 8, 12)
@@ -77,21 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env_ids = [args.source, *[t for t in args.targets if t != args.source]]
     suite = suite_for(env_ids, str(Path(args.model).resolve()), args.teacher, parse_yaml(args.teacher_kwargs))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_run_record(args.json.parent, {"args": vars(args) | {"json": str(args.json)}}, sys.argv)
-    started = time.perf_counter()
-    eval_seeds = list(range(10_000, 10_000 + args.eval_seeds))
-    result = measure(suite, list(range(args.train_seeds)), eval_seeds, args.workers, args.json)
-    result["kept_share"] = kept_shares(result, args.source)
-    result["wall_time_s"] = time.perf_counter() - started
-    for env_id, share in result["kept_share"].items():
-        saving = result["presets"][env_id]["controllers"][POLICY_LABEL]["saving_vs_reference"]
-        shown = "n/a" if not math.isfinite(share) else f"{100 * share:.0f}%"
-        print(f"{env_id}: policy saving {_pct(saving)}, kept share of the source saving {shown}")
-    print(f"wall time {result['wall_time_s']:.0f} s on {args.workers} workers")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+
+    def report(result: dict) -> None:
+        result["kept_share"] = kept_shares(result, args.source)
+        for env_id, share in result["kept_share"].items():
+            saving = result["presets"][env_id]["controllers"][POLICY_LABEL]["saving_vs_reference"]
+            shown = "n/a" if not math.isfinite(share) else f"{100 * share:.0f}%"
+            print(f"{env_id}: policy saving {_pct(saving)}, kept share of the source saving {shown}")
+
+    measure_and_save(suite, args.train_seeds, args.eval_seeds, args, report)
     return 0
 
 

@@ -118,26 +118,20 @@ def test_pretrain_runs_dagger_rounds_on_fresh_seeds() -> None:
     assert result.steps > 0
 
 
+def _clone_only(tmp_path, hyperparams: str, pretrain: dict):
+    """``train`` with ``timesteps=0``: the cloned policy is the run's model."""
+    settings = {"timesteps": 0, "out": str(tmp_path), "eval_freq": 0, "save_freq": 0, "tensorboard": False}
+    run = {"algo": "ppo", "env": ENV, "hyperparams": hyperparams, "progress": False, "pretrain": pretrain}
+    return train({**run, **settings})
+
+
 def test_train_with_pretrain_writes_the_cloned_model_and_its_figures(tmp_path) -> None:
     hp = tmp_path / "hp.yml"
     hp.write_text(
         f"{ENV}:\n  policy: EquivariantPolicy\n  n_steps: 16\n  batch_size: 16\n"
         f'  policy_kwargs: "dict(**{POLICY_KWARGS!r})"\n'
     )
-    result = train(
-        {
-            "algo": "ppo",
-            "env": ENV,
-            "hyperparams": str(hp),
-            "timesteps": 0,
-            "out": str(tmp_path),
-            "eval_freq": 0,
-            "save_freq": 0,
-            "progress": False,
-            "tensorboard": False,
-            "pretrain": {**TEACHER, "episodes": 2, "epochs": 2},
-        }
-    )
+    result = _clone_only(tmp_path, str(hp), {**TEACHER, "episodes": 2, "epochs": 2})
     assert (result.run_dir / "pretrained_model.zip").is_file()
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert metrics["pretrain"]["demonstration_steps"] > 0 and 0 <= metrics["pretrain"]["agreement"] <= 1
@@ -186,20 +180,8 @@ def test_the_packaged_clone_recipe_trains_a_fixed_size_cohort_policy(tmp_path) -
 
     recipe = yaml.safe_load(preset_path("agents", "pretrain-cost-aware").read_text())
     assert PretrainConfig(**recipe).episode_steps == 8  # the packaged recipe validates
-    result = train(
-        {
-            "algo": "ppo",
-            "env": ENV,
-            "hyperparams": str(preset_path("agents", "equivariant-clone")),
-            "timesteps": 0,
-            "out": str(tmp_path),
-            "eval_freq": 0,
-            "save_freq": 0,
-            "progress": False,
-            "tensorboard": False,
-            "pretrain": {**recipe, "episodes": 3, "epochs": 2, "dagger_iterations": 1, "dagger_episodes": 1},
-        }
-    )
+    small = {"episodes": 3, "epochs": 2, "dagger_iterations": 1, "dagger_episodes": 1}
+    result = _clone_only(tmp_path, str(preset_path("agents", "equivariant-clone")), {**recipe, **small})
     env = gym.make(ENV)
     model = PPO.load(result.run_dir / "model.zip")
     for seed in (1, 2, 3):

@@ -289,31 +289,22 @@ def pretrain(
     with Progress(disable=not progress) as bar:
         episode_task = bar.add_task("pretrain: episodes", total=episodes)
         fit_task = bar.add_task("pretrain: fits", total=1 + cfg.dagger_iterations)
-        demos = collect_demonstrations(
-            env,
-            cfg,
-            list(range(first, first + cfg.episodes)),
-            gamma,
-            action_masks,
-            max_steps=cfg.episode_steps,
-            on_episode=lambda: bar.advance(episode_task),
-        )
+
+        def collect(lo: int, n: int, **kwargs: Any) -> Demonstrations:
+            """Episodes on seeds ``lo .. lo + n - 1``, advancing the progress bar."""
+            seeds = list(range(lo, lo + n))
+            return collect_demonstrations(
+                env, cfg, seeds, gamma, action_masks, on_episode=lambda: bar.advance(episode_task), **kwargs
+            )
+
+        demos = collect(first, cfg.episodes, max_steps=cfg.episode_steps)
         complete = demos.objectives[~np.isnan(demos.objectives)]
         teacher_objective = float(np.mean(complete)) if complete.size else float("nan")
         clone = behaviour_clone(model.policy, demos, cfg, seed)
         bar.advance(fit_task)
         dagger_objectives = []
         for r in range(cfg.dagger_iterations):
-            lo = first + cfg.episodes + r * cfg.dagger_episodes
-            visited = collect_demonstrations(
-                env,
-                cfg,
-                list(range(lo, lo + cfg.dagger_episodes)),
-                gamma,
-                action_masks,
-                actor=model,
-                on_episode=lambda: bar.advance(episode_task),
-            )
+            visited = collect(first + cfg.episodes + r * cfg.dagger_episodes, cfg.dagger_episodes, actor=model)
             dagger_objectives.append(float(np.mean(visited.objectives)))
             demos = demos.extend(visited)
             clone = behaviour_clone(model.policy, demos, cfg, seed + r + 1)
