@@ -69,8 +69,8 @@ def find_model(path: str | Path) -> Path:
 def infer_algo(model_path: Path) -> str | None:
     """The algorithm name from the run directory holding ``model_path``.
 
-    Read from ``config.yaml`` (qflgym) or the zoo's ``<env>/args.yml`` (its names are qflgym's, except
-    ``ppo_mask`` for ``maskable-ppo``).
+    Read from ``config.yaml`` (qflgym) or the zoo's ``<env>/args.yml`` (the zoo's algorithm names that qflgym
+    has are spelled the same).
     """
     for folder in (model_path.parent, model_path.parent.parent):
         record = folder / CONFIG_FILE
@@ -82,7 +82,7 @@ def infer_algo(model_path: Path) -> str | None:
     if zoo is not None:
         algo = (yaml.load((zoo / "args.yml").read_text(), Loader=_ZooLoader) or {}).get("algo")
         if algo:
-            return {"ppo_mask": "maskable-ppo"}.get(str(algo), str(algo))
+            return str(algo)
     return None
 
 
