@@ -14,7 +14,8 @@ training every round), seeds 0..S-1, reported as mean ± 95% CI. Heads (every on
 * ``mlp``        — one tanh layer on the Q angles, its width matched to ``vqc-angle``'s parameter count.
 
 Part 2 (LLM-QFL, arXiv 2505.18656, done for real), seeds 0..A-1: 10 clients (Dirichlet 0.3) of which 3 (drawn
-with the seed) fine-tune MiniLM's LoRA adapter and the 4-qubit VQC head every round, on a stratified subset of
+with the seed) fine-tune MiniLM's adapter (``--adapters``: LoRA, and the quantum QPA / QAA adapters of
+``qflgym.agents.llm.quantum``) and the 4-qubit VQC head every round, on a stratified subset of
 the corpus; against the frozen-encoder run of the same head, selection and optimizer: test accuracy per round, bytes per
 round, and measured seconds per round.
 
@@ -81,8 +82,8 @@ def run_head(task: tuple[str, int, str, int, argparse.Namespace]) -> dict[str, A
     }
 
 
-def adapter_config(kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The federated-adapter run (``adapter``) or its frozen-encoder twin (``vqc``)."""
+def adapter_config(kind: str, args: argparse.Namespace, adapter: str = "lora") -> dict[str, Any]:
+    """The federated-adapter run (``adapter``, with the encoder adapter ``adapter``) or its frozen twin (``vqc``)."""
     return {
         "data": {"dataset": "rotten_tomatoes", "max_samples": args.adapter_samples, "val_fraction": 0.05},
         "partition": {"scheme": "dirichlet", "alpha": 0.3, "min_samples": 8},
@@ -91,18 +92,22 @@ def adapter_config(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         "training": {
             "optimizer": "adam", "lr": args.adapter_lr, "local_steps": args.adapter_local_steps, "batch_size": 16,
         },
-        "model": {"kind": kind, "adapter": "lora", "head": "vqc", "r": 4, "alpha": 8, "max_length": 64},
+        "model": {"kind": kind, "adapter": adapter, "head": "vqc", "r": 4, "alpha": 8, "max_length": 64},
     }
 
 
-def run_adapter(kind: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Rounds of one adapter run: 3 clients drawn with the seed per round; accuracy, bytes and seconds per round."""
+def run_adapter(run: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Rounds of one run (``vqc``: the frozen encoder; else an adapter name).
+
+    3 clients drawn with the seed per round; accuracy, bytes and seconds per round.
+    """
     import torch
 
     from qflgym.qfl_core.kinds import make_federation
 
     torch.set_num_threads(1)
-    fed = make_federation(adapter_config(kind, args), seed)
+    config = adapter_config("vqc", args) if run == "vqc" else adapter_config("adapter", args, run)
+    fed = make_federation(config, seed)
     rng = np.random.default_rng(seed)
     rounds = [{"round": 0, **fed.evaluate(), "bytes": 0, "seconds": 0.0}]
     for r in range(1, args.adapter_rounds + 1):
@@ -113,24 +118,33 @@ def run_adapter(kind: str, seed: int, args: argparse.Namespace) -> dict[str, Any
             "round": r, "test_accuracy": report.test_accuracy, "val_accuracy": report.val_accuracy,
             "bytes": report.bytes_uploaded + report.bytes_downloaded, "seconds": time.perf_counter() - started,
         })
-    return {"kind": kind, "seed": seed, "n_params": fed.n_params, "param_bytes": fed.param_bytes, "rounds": rounds}
+    return {"kind": run, "seed": seed, "n_params": fed.n_params, "param_bytes": fed.param_bytes, "rounds": rounds}
 
 
 def adapter_summary(adapters: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Per round: mean test accuracy of each kind; at the end: adapter - frozen paired by seed; bytes, seconds."""
+    """Per round: mean test accuracy of each run kind (``vqc``: the frozen encoder; the adapters by name).
+
+    Per adapter: adapter - frozen paired by seed (final and best round); bytes and seconds per round.
+    """
     from qflgym.agents.evaluation.stats import mean_ci
 
     acc = {k: np.array([[r["test_accuracy"] for r in run["rounds"]] for run in runs]) for k, runs in adapters.items()}
-    diff_mean, diff_ci = mean_ci(acc["adapter"][:, -1] - acc["vqc"][:, -1])
-    best_mean, best_ci = mean_ci(acc["adapter"][:, 1:].max(1) - acc["vqc"][:, 1:].max(1))
+    frozen = acc["vqc"]
+    paired = {
+        k: {
+            "final": [float(v) for v in mean_ci(a[:, -1] - frozen[:, -1])],
+            "best_round": [float(v) for v in mean_ci(a[:, 1:].max(1) - frozen[:, 1:].max(1))],
+        }
+        for k, a in acc.items()
+        if k != "vqc"
+    }
     return {
         "rounds": [
             {"round": i, **{f"{k}_test_accuracy": float(a[:, i].mean()) for k, a in acc.items()}}
-            for i in range(acc["vqc"].shape[1])
+            for i in range(frozen.shape[1])
         ],
         "final": {k: [float(v) for v in mean_ci(a[:, -1])] for k, a in acc.items()},
-        "final_adapter_minus_frozen": [float(diff_mean), float(diff_ci)],
-        "best_round_adapter_minus_frozen": [float(best_mean), float(best_ci)],
+        "adapter_minus_frozen": paired,
         "bytes_per_round": {k: runs[0]["rounds"][-1]["bytes"] for k, runs in adapters.items()},
         "seconds_per_round": {
             k: float(np.mean([r["seconds"] for run in runs for r in run["rounds"][1:]])) for k, runs in adapters.items()
@@ -185,20 +199,23 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [f"| {k} | {m:+.3f} ± {h:.3f} |" for k, (m, h) in result["summary"]["findings"].items()]
     if result.get("adapter_summary"):
         summary = result["adapter_summary"]
+        kinds = list(summary["final"])
+        names = ["frozen encoder" if k == "vqc" else f"federated {k} adapter" for k in kinds]
         lines += ["", f"Federated adapters, seeds {summary['seeds']}: mean test accuracy per round", "",
-                  "| round | frozen encoder | federated LoRA adapter |", "|---:|---:|---:|"]
-        lines += [f"| {r['round']} | {r['vqc_test_accuracy']:.3f} | {r['adapter_test_accuracy']:.3f} |"
+                  "| round | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(kinds)]
+        lines += [f"| {r['round']} | " + " | ".join(f"{r[f'{k}_test_accuracy']:.3f}" for k in kinds) + " |"
                   for r in summary["rounds"]]
-        (fm, fh), (am, ah) = summary["final"]["vqc"], summary["final"]["adapter"]
-        sent = summary["bytes_per_round"]
-        lines += ["", "| | frozen encoder | federated adapter |", "|---|---:|---:|",
-                  f"| final test accuracy | {fm:.3f} ± {fh:.3f} | {am:.3f} ± {ah:.3f} |",
-                  f"| trainable (sent) parameters | {summary['n_params']['vqc']} | {summary['n_params']['adapter']} |",
-                  f"| bytes per round | {sent['vqc']} | {sent['adapter']} |",
-                  f"| seconds per round (measured) | {summary['seconds_per_round']['vqc']:.3f} | "
-                  f"{summary['seconds_per_round']['adapter']:.1f} |", "",
-                  "adapter - frozen, paired by seed: final {:+.3f} ± {:.3f}, best round {:+.3f} ± {:.3f}".format(
-                      *summary["final_adapter_minus_frozen"], *summary["best_round_adapter_minus_frozen"])]
+        rows = {
+            "final test accuracy": [f"{m:.3f} ± {h:.3f}" for m, h in (summary["final"][k] for k in kinds)],
+            "trainable (sent) parameters": [str(summary["n_params"][k]) for k in kinds],
+            "bytes per round": [str(summary["bytes_per_round"][k]) for k in kinds],
+            "seconds per round (measured)": [f"{summary['seconds_per_round'][k]:.3g}" for k in kinds],
+        }
+        lines += ["", "| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(kinds)]
+        lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows.items()]
+        lines += [""] + [
+            "{} - frozen, paired by seed: final {:+.3f} ± {:.3f}, best round {:+.3f} ± {:.3f}".format(
+                k, *d["final"], *d["best_round"]) for k, d in summary["adapter_minus_frozen"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -234,6 +251,9 @@ def main(argv: list[str] | None = None) -> None:
         "--adapter-lr", type=float, default=0.05, help="Adam lr of the head (the adapter's: x model.adapter_lr_scale)"
     )
     parser.add_argument("--adapter-seeds", type=int, default=3)
+    parser.add_argument(
+        "--adapters", nargs="+", default=["lora"], help="encoder adapters to federate (lora, qpa, qaa)"
+    )
     parser.add_argument("--no-adapters", action="store_true")
     parser.add_argument("--reuse-heads", type=Path, default=None, help="take part 1 from this text_qfl.json")
     parser.add_argument("--workers", type=int, default=2)
@@ -245,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     federations = {f"{h}/{q}q/{s}": head_config(h, q, s, args) for s in SETTINGS for q in args.qubits for h in HEADS}
-    federations |= {f"adapters/{kind}": adapter_config(kind, args) for kind in ("vqc", "adapter")}
+    federations |= {"adapters/vqc": adapter_config("vqc", args)}
+    federations |= {f"adapters/{name}": adapter_config("adapter", args, name) for name in args.adapters}
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     write_run_record(args.out, {"args": settings, "federations": federations})
     from qflgym.qfl_core.kinds import make_federation
@@ -265,11 +286,14 @@ def main(argv: list[str] | None = None) -> None:
     result["heads_wall_time_s"] = time.perf_counter() - started
     if not args.no_adapters:
         with Progress() as progress:
-            bar = progress.add_task("adapters", total=2 * args.adapter_seeds)
-            result["adapters"] = {kind: [] for kind in ("vqc", "adapter")}
-            for seed in range(args.adapter_seeds):
-                for kind in ("vqc", "adapter"):
-                    result["adapters"][kind].append(run_adapter(kind, seed, args))
+            kinds = ["vqc", *args.adapters]
+            bar = progress.add_task("adapters", total=len(kinds) * args.adapter_seeds)
+            result["adapters"] = {kind: [] for kind in kinds}
+            with ProcessPoolExecutor(args.workers) as pool:
+                seeds = range(args.adapter_seeds)
+                jobs = [(kind, pool.submit(run_adapter, kind, seed, args)) for seed in seeds for kind in kinds]
+                for kind, job in jobs:
+                    result["adapters"][kind].append(job.result())
                     progress.advance(bar)
         result["adapter_summary"] = adapter_summary(result["adapters"])
     result["wall_time_s"] = time.perf_counter() - started
