@@ -3,10 +3,9 @@
 The demo is the README's first command. It
 
 1. trains the per-client equivariant policy (``configs/agents/equivariant-clone.yml``) by behaviour cloning +
-   DAgger from the ``cost-aware`` selection (the packaged recipe ``configs/agents/pretrain-cost-aware.yml``;
-   teacher episodes on seeds ``20000 + i``; smaller recipes were measured worse, docs/results.md), then, with
-   ``timesteps``,
-   PPO from the clone (training envs seeded ``0 .. n_envs-1``; periodic evaluation on seed
+   DAgger from the ``cost-aware`` selection (the packaged recipe ``configs/agents/pretrain-cost-aware.yml``,
+   on the demonstration seeds; smaller recipes were measured worse, docs/results.md), then, with
+   ``timesteps``, PPO from the clone (training envs seeded ``0 .. n_envs-1``; periodic evaluation on seed
    ``EVAL_SEED_OFFSET``; the best model is kept). PPO from scratch did not find the room in 10 minutes
    (docs/results.md),
 2. benchmarks the trained policy against random-k with the k tuned on training seeds (the reference the
@@ -20,7 +19,6 @@ The demo is the README's first command. It
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any
 import yaml
 
 from qflgym.agents.bench import BenchOutput, BenchSuite, run_suite
-from qflgym.agents.training.imitation import DEMO_SEED_OFFSET
+from qflgym.agents.training.imitation import PretrainConfig, demonstration_seeds
 from qflgym.agents.training.sb3 import EVAL_SEED_OFFSET, TrainResult, train
 from qflgym.config import build_config, preset_path
 
@@ -38,7 +36,7 @@ __all__ = ["DEMO_ENV", "DEMO_EVAL_SEEDS_START", "DEMO_HEURISTICS", "DemoResult",
 #: The env the demo trains and evaluates on.
 DEMO_ENV = "QFL/ClientSelection-v1"
 #: Evaluation seeds are ``DEMO_EVAL_SEEDS_START + i``: the first of docs/results.md's evaluation seeds (training
-#: uses 0..n_envs-1, EVAL_SEED_OFFSET and the demonstration seeds DEMO_SEED_OFFSET + i).
+#: uses 0..n_envs-1, EVAL_SEED_OFFSET and the demonstration seeds).
 DEMO_EVAL_SEEDS_START = 10_000
 #: The heuristics the trained policy is compared with (label, controller, kwargs).
 DEMO_HEURISTICS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -95,11 +93,10 @@ def run_demo(
     timesteps = timesteps or 0
     n_seeds = n_seeds or (2 if quick else 20)
     train_seed = 0
-    recipe = yaml.safe_load(preset_path("agents", "pretrain-cost-aware").read_text())
-    if quick:
-        recipe |= QUICK_PRETRAIN
+    packaged = yaml.safe_load(preset_path("agents", "pretrain-cost-aware").read_text())
+    recipe = build_config(PretrainConfig, packaged | (QUICK_PRETRAIN if quick else {}), "demo pretrain")
     then_ppo = f", then {timesteps} PPO steps" if timesteps else ""
-    console.rule(f"[bold]1/2  cloning {recipe['teacher']} into the equivariant policy on {env_id}{then_ppo}")
+    console.rule(f"[bold]1/2  cloning {recipe.teacher} into the equivariant policy on {env_id}{then_ppo}")
     overrides: dict[str, Any] = {"n_steps": 128, "batch_size": 64, "n_epochs": 2} if quick else {}
     result = train(
         {
@@ -107,7 +104,7 @@ def run_demo(
             "env": env_id,
             "hyperparams": str(preset_path("agents", "equivariant-clone")),
             "timesteps": timesteps,
-            "pretrain": recipe,
+            "pretrain": recipe.model_dump(),
             "seed": train_seed,
             "n_envs": n_envs,
             "out": str(out_dir),
@@ -120,21 +117,20 @@ def run_demo(
         },
         argv=argv,
     )
-    pretrain_s = json.loads((result.run_dir / "metrics.json").read_text())["pretrain"]["seconds"]
-    console.print(f"cloned in {pretrain_s:.0f} s, {result.timesteps} PPO steps in {result.seconds:.0f} s")
+    cloned_s = result.pretrained.seconds if result.pretrained else 0.0
+    console.print(f"cloned in {cloned_s:.0f} s, {result.timesteps} PPO steps in {result.seconds:.0f} s")
     console.print(f"run: {result.run_dir}", soft_wrap=True)
 
     seeds = [DEMO_EVAL_SEEDS_START + i for i in range(n_seeds)]
-    demonstrations = recipe["episodes"] + recipe["dagger_iterations"] * recipe["dagger_episodes"]
     used_in_training = (
         {train_seed + i for i in range(n_envs)}
         | {train_seed + EVAL_SEED_OFFSET}
-        | {train_seed + DEMO_SEED_OFFSET + i for i in range(demonstrations)}
+        | set(demonstration_seeds(recipe, train_seed))
     )
     assert not used_in_training & set(seeds), "evaluation seeds must differ from training seeds"
     model = result.best_model_path or result.model_path
     sb3_kwargs = {"path": str(model), "algo": "ppo"}
-    learned = f"the equivariant policy cloned from {recipe['teacher']} (BC + DAgger){then_ppo}"
+    learned = f"the equivariant policy cloned from {recipe.teacher} (BC + DAgger){then_ppo}"
     suite = build_config(
         BenchSuite,
         {

@@ -123,6 +123,8 @@ def test_cohort_size_makes_exactly_k_score_means_positive_and_keeps_their_order(
     obs = _obs_batch(batch=6)
     raw, centred = _outputs(free, obs)[0], _outputs(fixed, obs)[0]
     assert ((centred > 0).sum(dim=1) == k).all()
+    ranked = centred.sort(dim=1, descending=True).values
+    torch.testing.assert_close(ranked[:, k - 1], -ranked[:, k])  # 0 is midway between the k-th and (k+1)-th
     np.testing.assert_allclose(centred - raw, (centred - raw)[:, :1].expand_as(raw), atol=1e-6)  # one shift a row
     actions, _ = fixed.predict({k_: v.numpy() for k_, v in obs.items()}, deterministic=True)
     assert ((actions > 0).sum(axis=1) == k).all()  # the top-k action trains a cohort of exactly k

@@ -38,6 +38,7 @@ __all__ = [
     "PretrainResult",
     "behaviour_clone",
     "collect_demonstrations",
+    "demonstration_seeds",
     "pretrain",
 ]
 
@@ -264,13 +265,18 @@ def behaviour_clone(policy: Any, demos: Demonstrations, cfg: PretrainConfig, see
     return CloneResult(epoch_losses[0], epoch_losses[-1], _agreement(policy, demos))
 
 
+def demonstration_seeds(cfg: PretrainConfig, seed: int) -> range:
+    """The reset seeds of a run's demonstration episodes: the teacher's, then each DAgger round's, in order."""
+    first = seed + DEMO_SEED_OFFSET
+    return range(first, first + cfg.episodes + cfg.dagger_iterations * cfg.dagger_episodes)
+
+
 def pretrain(
     model: Any, env: Any, cfg: PretrainConfig, seed: int, action_masks: bool = False, progress: bool = False
 ) -> PretrainResult:
     """Warm-start ``model`` (an SB3 on-policy algorithm) by behaviour cloning, then DAgger rounds.
 
-    See :class:`PretrainConfig`. Episode ``i`` (over the teacher's episodes, then the DAgger rounds') resets with seed
-    ``seed + DEMO_SEED_OFFSET + i``.
+    See :class:`PretrainConfig`. The episodes reset with :func:`demonstration_seeds` in order.
 
     Args:
         model: The algorithm whose ``policy`` is fit in place (its ``gamma`` discounts the returns).
@@ -284,27 +290,26 @@ def pretrain(
 
     start = time.perf_counter()
     gamma = float(getattr(model, "gamma", 0.99))
-    first = seed + DEMO_SEED_OFFSET
-    episodes = cfg.episodes + cfg.dagger_iterations * cfg.dagger_episodes
+    seeds = demonstration_seeds(cfg, seed)
     with Progress(disable=not progress) as bar:
-        episode_task = bar.add_task("pretrain: episodes", total=episodes)
+        episode_task = bar.add_task("pretrain: episodes", total=len(seeds))
         fit_task = bar.add_task("pretrain: fits", total=1 + cfg.dagger_iterations)
 
         def collect(lo: int, n: int, **kwargs: Any) -> Demonstrations:
-            """Episodes on seeds ``lo .. lo + n - 1``, advancing the progress bar."""
-            seeds = list(range(lo, lo + n))
+            """Episodes on ``seeds[lo : lo + n]``, advancing the progress bar."""
+            some = list(seeds[lo : lo + n])
             return collect_demonstrations(
-                env, cfg, seeds, gamma, action_masks, on_episode=lambda: bar.advance(episode_task), **kwargs
+                env, cfg, some, gamma, action_masks, on_episode=lambda: bar.advance(episode_task), **kwargs
             )
 
-        demos = collect(first, cfg.episodes, max_steps=cfg.episode_steps)
+        demos = collect(0, cfg.episodes, max_steps=cfg.episode_steps)
         complete = demos.objectives[~np.isnan(demos.objectives)]
         teacher_objective = float(np.mean(complete)) if complete.size else float("nan")
         clone = behaviour_clone(model.policy, demos, cfg, seed)
         bar.advance(fit_task)
         dagger_objectives = []
         for r in range(cfg.dagger_iterations):
-            visited = collect(first + cfg.episodes + r * cfg.dagger_episodes, cfg.dagger_episodes, actor=model)
+            visited = collect(cfg.episodes + r * cfg.dagger_episodes, cfg.dagger_episodes, actor=model)
             dagger_objectives.append(float(np.mean(visited.objectives)))
             demos = demos.extend(visited)
             clone = behaviour_clone(model.policy, demos, cfg, seed + r + 1)

@@ -105,6 +105,7 @@ class TrainResult:
         best_model_path: The best periodically evaluated model, or None without periodic evaluation.
         timesteps: Env steps trained.
         seconds: Wall-clock seconds of ``learn``.
+        pretrained: What the behaviour-cloning warm start did (None without ``pretrain``).
     """
 
     run_dir: Path
@@ -112,6 +113,7 @@ class TrainResult:
     best_model_path: Path | None
     timesteps: int
     seconds: float
+    pretrained: PretrainResult | None = None
 
     @property
     def steps_per_second(self) -> float:
@@ -274,6 +276,7 @@ def _train(cfg: TrainConfig, argv: list[str] | None) -> TrainResult:
         best_model_path=best_path if best_path is not None and best_path.is_file() else None,
         timesteps=int(model.num_timesteps),
         seconds=seconds,
+        pretrained=pretrained,
     )
     metrics = {
         "timesteps": result.timesteps,
