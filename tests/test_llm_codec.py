@@ -22,6 +22,8 @@ ENV_IDS = [
     "QFL/FullControl-Tiny-v0",
     "QFL/ClientSelection-v0",
     "QFL/FullControl-v0",
+    "QFL/ClientSelection-Tiny-v1",
+    "QFL/FullControl-Tiny-v1",
 ]
 BUDGET = ("QFL/ClientSelection-Tiny-v0", {"selection_budget": 2})
 
@@ -110,6 +112,25 @@ def test_prompt_layout(envs):
     losses = env.unwrapped.layout.client(obs, "last_loss")
     if np.ptp(losses) > 0:  # the loss column ranks clients like the raw losses do
         assert cells[np.argmax(losses), 2] == 9 and cells[np.argmin(losses), 2] == 0
+
+
+def test_v1_prompt_reads_the_cost_and_label_features(envs):
+    env = envs["QFL/ClientSelection-Tiny-v1"]
+    obs, _ = env.reset(seed=5)
+    layout, n = env.unwrapped.layout, env.unwrapped.n_clients
+    lines = TextCodec.from_env(env).prompt(obs).split("\n")
+    assert lines[2] == "id size skew loss stale lat avail cost shotc noise labels"
+    assert lines[1].split()[-2:] == ["spent", format_number(float(layout.global_(obs, "cost_spent")))]
+    mixes = set()
+    for i, row in enumerate(lines[3 : 3 + n]):
+        cells = row.split()
+        assert cells[7] == format_number(float(layout.client(obs, "step_time")[i]))
+        assert cells[9] == format_number(float(layout.client(obs, "noise_level")[i]))
+        fracs = [float(layout.client(obs, f"label_frac_{j}")[i]) for j in range(10)]
+        ranked = sorted((j for j in range(10) if fracs[j] >= 0.25), key=lambda j: (-fracs[j], j))
+        assert cells[10] == ("".join(map(str, ranked)) or "-")
+        mixes.add(cells[10])
+    assert len(mixes) > 1  # the column tells the clients apart
 
 
 def test_fallbacks_are_documented_and_counted(envs):

@@ -13,6 +13,10 @@ Modules: :mod:`.spec` (what the env controls, options, formats), :mod:`.text_cod
     reply: select <ids>|none
     action:
 
+On v1 envs (observations with the cost features) the table gains ``cost shotc noise labels`` (one local step's
+time and shot cost, the device noise, and the classes holding >= 25 % of the client's data, e.g. ``31``) and the
+global line ``spent`` (the share of the cost budget spent); v0 prompts are unchanged.
+
 Numbers are rounded to :attr:`CodecConfig.decimals` decimals with the leading zero dropped (``.52``). The learning
 rate is shown in its own units (the observation holds ``log10(lr / base lr)``), the local steps as an integer.
 

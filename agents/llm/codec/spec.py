@@ -20,7 +20,10 @@ __all__ = [
     "DEFAULT_GLOBAL_COLUMNS",
     "FIELDS",
     "INTEGER_FEATURES",
+    "LABEL_MIX",
     "ROUND_FEATURE",
+    "V1_CLIENT_COLUMNS",
+    "V1_GLOBAL_COLUMNS",
     "ActionSpec",
     "CodecConfig",
     "ParseResult",
@@ -49,6 +52,21 @@ DEFAULT_GLOBAL_COLUMNS: dict[str, str] = {
     "shots": "cumulative_shots",
     "gap": "target_gap",
 }
+#: A client column that is not one observation feature: the classes holding at least :data:`LABEL_MIX_SHARE` of
+#: the client's training data, largest first, as one digit string (``"31"``), read from the ``label_frac_*``
+#: features (``-`` when no class reaches the share).
+LABEL_MIX = "label_mix"
+LABEL_MIX_SHARE = 0.25
+#: Client columns appended in v1 layouts (those with the v1 cost features; v0 prompts are unchanged): the cost of
+#: one local step in time and in shots, the device noise, and the label mix that selection by label weighs.
+V1_CLIENT_COLUMNS: dict[str, str] = {
+    "cost": "step_time",
+    "shotc": "step_shot_cost",
+    "noise": "noise_level",
+    "labels": LABEL_MIX,
+}
+#: Global items appended in v1 layouts: the share of the cost budget spent.
+V1_GLOBAL_COLUMNS: dict[str, str] = {"spent": "cost_spent"}
 ROUND_FEATURE = "round_fraction"
 INTEGER_FEATURES = frozenset({"available"})
 
@@ -166,8 +184,10 @@ class CodecConfig:
     Attributes:
         decimals: Decimals of the numbers in the prompt.
         lr_digits: Significant digits of the learning rate in completions (``None``: shortest exact text).
-        client_columns: Client table ``header → feature`` (``None``: :data:`DEFAULT_CLIENT_COLUMNS`).
-        global_columns: Global line ``label → feature`` (``None``: :data:`DEFAULT_GLOBAL_COLUMNS`).
+        client_columns: Client table ``header → feature`` (``None``: :data:`DEFAULT_CLIENT_COLUMNS`, and
+            :data:`V1_CLIENT_COLUMNS` after them for a v1 layout).
+        global_columns: Global line ``label → feature`` (``None``: :data:`DEFAULT_GLOBAL_COLUMNS`, and
+            :data:`V1_GLOBAL_COLUMNS` after them for a v1 layout).
         format_hint: End the prompt with a one-line reminder of the grammar.
         fallback_select: ``"available"`` (documented default) or ``"none"``.
         client_scale: ``"absolute"`` (the observation's values, :attr:`decimals` decimals) or ``"relative"``

@@ -20,7 +20,11 @@ from qflgym.agents.llm.codec.spec import (
     DEFAULT_CLIENT_COLUMNS,
     DEFAULT_GLOBAL_COLUMNS,
     INTEGER_FEATURES,
+    LABEL_MIX,
+    LABEL_MIX_SHARE,
     ROUND_FEATURE,
+    V1_CLIENT_COLUMNS,
+    V1_GLOBAL_COLUMNS,
     ActionSpec,
     CodecConfig,
     ParseResult,
@@ -58,9 +62,15 @@ class TextCodec:
         self.config = config or CodecConfig()
         client_features = set(getattr(layout, "client_features", ()))
         global_features = set(getattr(layout, "global_features", ()))
-        columns = self.config.client_columns or DEFAULT_CLIENT_COLUMNS
+        self._label_features = sorted(
+            (f for f in client_features if f.startswith("label_frac_")), key=lambda f: int(f.rsplit("_", 1)[1])
+        )
+        if self._label_features:
+            client_features.add(LABEL_MIX)
+        v1 = "step_time" in client_features
+        columns = self.config.client_columns or (DEFAULT_CLIENT_COLUMNS | (V1_CLIENT_COLUMNS if v1 else {}))
         self.client_columns = {h: f for h, f in columns.items() if not client_features or f in client_features}
-        columns = self.config.global_columns or DEFAULT_GLOBAL_COLUMNS
+        columns = self.config.global_columns or (DEFAULT_GLOBAL_COLUMNS | (V1_GLOBAL_COLUMNS if v1 else {}))
         self.global_columns = {h: f for h, f in columns.items() if not global_features or f in global_features}
         self._has_round = not global_features or ROUND_FEATURE in global_features
         self._has_avail = not client_features or "available" in client_features
@@ -134,21 +144,30 @@ class TextCodec:
         lines.append("id " + " ".join(self.client_columns) + (" (0-9: lowest-highest this round)" if relative else ""))
         cols = []
         for feature in self.client_columns.values():
+            if feature == LABEL_MIX:
+                cols.append(self._label_mix(obs))
+                continue
             values = np.nan_to_num(np.asarray(self.layout.client(obs, feature), dtype=np.float64))
             if relative and feature not in INTEGER_FEATURES:
                 lo, hi = float(values.min()), float(values.max())
                 values = np.rint(9 * (values - lo) / (hi - lo)) if hi > lo else np.zeros_like(values)
-            cols.append((relative or feature in INTEGER_FEATURES, values))
+            integral = relative or feature in INTEGER_FEATURES
+            cols.append([str(round(float(v))) if integral else format_number(float(v), d) for v in values])
         for i in range(self.spec.n_clients):
-            cells = [str(i)]
-            for integral, values in cols:
-                v = float(values[i])
-                cells.append(str(round(v)) if integral else format_number(v, d))
-            lines.append(" ".join(cells))
+            lines.append(" ".join([str(i), *(cells[i] for cells in cols)]))
         if self.config.format_hint:
             lines.append(self.format_hint())
         lines.append("action:")
         return "\n".join(lines)
+
+    def _label_mix(self, obs: np.ndarray) -> list[str]:
+        """Per client, the :data:`LABEL_MIX` cell: its classes with >= :data:`LABEL_MIX_SHARE` of its data."""
+        fracs = np.stack([np.asarray(self.layout.client(obs, f), dtype=np.float64) for f in self._label_features], 1)
+        cells = []
+        for row in np.nan_to_num(fracs):
+            order = [j for j in np.argsort(-row, kind="stable") if row[j] >= LABEL_MIX_SHARE]
+            cells.append("".join(str(j) for j in order) or "-")
+        return cells
 
     def prompts(self, observations: np.ndarray) -> list[str]:
         """Prompts for a batch ``[B, D]`` of flat observations."""
