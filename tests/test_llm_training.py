@@ -195,3 +195,17 @@ def test_teacher_is_evaluated_as_it_was_distilled():
     assert teacher_options(meta, "runs/ppo/x") == ({"algo": "ppo"}, False)
     assert teacher_options(meta, "random-k") == ({}, True)
     assert teacher_options({"teacher": "loss-greedy"}, "loss-greedy") == ({}, True)
+
+
+def test_readme_grpo_example_runs(tmp_path, monkeypatch):
+    """The copyable plain-TRL GRPO example of agents/llm/README.md runs as written (tiny model, 2 steps)."""
+    readme = (Path(__file__).resolve().parents[1] / "agents" / "llm" / "README.md").read_text()
+    block = readme.split("<!-- example: trl-grpo -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, "agents/llm/README.md", "exec"), namespace)  # the documented example, as written
+    trainer = namespace["trainer"]
+    assert trainer.state.global_step == 2
+    rewards = [e["reward"] for e in trainer.state.log_history if "reward" in e]
+    assert rewards and all(np.isfinite(rewards))
+    assert len(namespace["bank"]) == len(namespace["rows"]) >= 2

@@ -12,8 +12,9 @@ Generation uses the policy's grammar-constrained sampler through TRL's ``rollout
 it scores only grammar-legal tokens (a few dozen rows of the LM head instead of Gemma's 262k) and never produces
 unparseable text, which is how the policy decodes at evaluation too. TRL's ``environment_factory`` targets
 multi-turn tool-calling conversations; a QFL decision is one completion per state, so the reward function is where
-the env fits. The run directory holds the run record (``config.yaml``, ``command.txt``, ``run.json``), ``states.jsonl``
-(prompt, episode, step), ``policy/`` and ``metrics.json``.
+the env fits (agents/llm/README.md, "GRPO with TRL directly", gives the reasons and a plain-TRL example). The run
+directory holds the run record (``config.yaml``, ``command.txt``, ``run.json``), ``states.jsonl`` (prompt,
+episode, step), ``policy/`` and ``metrics.json``.
 """
 
 from __future__ import annotations
