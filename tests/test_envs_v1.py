@@ -141,6 +141,21 @@ def test_error_plus_cost_is_reported_after_a_stop():
     assert stopped["objective"] == pytest.approx(expected)  # tiny: no test split, so validation accuracy
 
 
+def test_when_to_stop_does_not_change_the_run_before_it():
+    """What benchmarks/stopping_bound.py relies on: stopping after round r pays the never-stopping run's objective
+    at r (the clients follow the env's own rule; the stop decision draws nothing)."""
+    env = gym.make("QFL/RoundTermination-Tiny-v1")
+    env.reset(seed=4)
+    curve = [env.step(0)[4]["objective"] for _ in range(6)]
+    assert len(set(curve)) > 1
+    for r in (1, 3, 6):
+        env.reset(seed=4)
+        for _ in range(r):
+            env.step(0)
+        _, _, terminated, _, info = env.step(1)
+        assert terminated and info["objective"] == curve[r - 1]
+
+
 @pytest.mark.parametrize(
     ("override", "field"),
     [
