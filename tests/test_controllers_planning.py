@@ -196,3 +196,17 @@ def test_fixed_round_stops_after_its_rounds_and_loss_reactive_backs_off():
     assert lr1 == pytest.approx(lr0 / 2)
     with pytest.raises(ConfigError, match=r"loss-reactive\.decay"):
         LossReactive(_facts(step_env), decay=1.5)
+
+
+def test_the_oracle_is_never_worse_than_its_rollout_rule_with_memory():
+    """Rollouts continue from the memory of a shadow that saw the real episode (a round counter here); when they
+    restarted it, seed 3 came out worse than the rule itself."""
+    env = gym.make("QFL/RoundTermination-Tiny-v1")
+    kw = {"rounds": 4}
+    for seed in range(6):
+        base = run_episode(env, make_controller("fixed-round", env, seed=seed, **kw), seed=seed).objective
+        oracle = make_controller(
+            "lookahead", env, seed=seed, candidates=0, horizon=None, score="objective",
+            rollout="fixed-round", rollout_kwargs=kw, proposals=[["fixed-round", kw]],
+        )  # fmt: skip
+        assert run_episode(env, oracle, seed=seed).objective <= base + 1e-12, seed

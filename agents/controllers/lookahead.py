@@ -19,8 +19,11 @@ At every step it
 With ``horizon=None``, ``score="objective"`` and a ``rollout`` controller that is also a proposal, this is
 the *rollout algorithm* of dynamic programming (one step of policy iteration on the rollout controller): the
 env is deterministic given its snapshot, so every score is the exact objective of "this decision, then the
-rollout controller", and the choice is never worse than the rollout controller's own decision (the rollout
-controller starts each rollout with empty memory, so for rules with memory this holds approximately).
+rollout controller", and the episode is never worse than the rollout controller's own: each rollout continues
+from the memory of a *shadow* copy of the rollout controller that sees every real observation (a round counter, a
+schedule's step, an EMA go on from where the real episode is; its random generator is copied too), so the rollout
+controller's own decision scores exactly what following it from here would pay. Controllers without per-env
+memory (SB3 models) are restarted for each rollout.
 
 The simulated cost of planning is reported per episode (``episode_metrics()``): rounds simulated per
 decision and the planning's share of the run time.
@@ -28,6 +31,7 @@ decision and the planning's share of the run time.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from qflgym.agents.controllers.base import CONTROLLERS, controller_names, make_controller
+from qflgym.agents.controllers.base import CONTROLLERS, Controller, controller_names, make_controller
 from qflgym.config import ConfigError
 
 __all__ = ["LOOKAHEAD_SCORES", "PRIVILEGED", "LookaheadController", "Rollout"]
@@ -140,6 +144,11 @@ class LookaheadController:
         self._rollout = (
             None if rollout == "repeat" else make_controller(rollout, env, seed=seed, **dict(rollout_kwargs or {}))
         )
+        self._shadow = (
+            make_controller(rollout, env, seed=seed, **dict(rollout_kwargs or {}))
+            if isinstance(self._rollout, Controller)
+            else None
+        )
         self._codec = self.env.action_codec
         self._space = self.env.action_space
         self._space.seed(int(self.rng.integers(2**31 - 1)))
@@ -156,6 +165,8 @@ class LookaheadController:
         if seed is not None:
             self.rng = np.random.default_rng(seed)
             self._space.seed(int(self.rng.integers(2**31 - 1)))
+        if self._shadow is not None:
+            self._shadow.reset()
         self._reset_counters()
 
     def predict(
@@ -169,6 +180,8 @@ class LookaheadController:
         if episode_start is not None and bool(np.any(episode_start)):
             self._reset_counters()
         began = time.perf_counter()
+        if self._shadow is not None:  # its memory follows the real episode; rollouts start from a copy
+            self._shadow.predict(observation, episode_start=episode_start, deterministic=True)
         snapshot = self.env.get_state()
         best, best_score = None, -math.inf
         for action in self._candidates(observation):
@@ -212,8 +225,11 @@ class LookaheadController:
         done = False
         info: dict[str, Any] = {}
         obs = None
-        if self._rollout is not None and hasattr(self._rollout, "reset"):
-            self._rollout.reset()  # the rollout controller starts each rollout without memory
+        if self._shadow is not None:
+            self._rollout.memory = copy.deepcopy(self._shadow.memory)
+            self._rollout.rng = copy.deepcopy(self._shadow.rng)
+        elif self._rollout is not None and hasattr(self._rollout, "reset"):
+            self._rollout.reset()
         t = 0
         while self.horizon is None or t < self.horizon:
             if t > 0 and self._rollout is not None:
