@@ -38,13 +38,19 @@ from rich.table import Table
 
 from qflgym.runs import write_run_record
 
+#: The row of the clairvoyant oracle (its rollouts replay the env's own future draws).
+ORACLE_LABEL = "lookahead (oracle, privileged)"
+
 #: Per preset: the naive baseline and the informed heuristics as ``(label, controller, grid)``, and the
 #: oracle's settings. A grid maps keyword -> candidate values (the product is searched on training seeds).
-#: The oracle is the rollout algorithm over the tuned informed heuristic named ``base``: its candidates are the
-#: tuned informed heuristics' decisions plus ``candidates`` random ones, each scored by the exact objective of
-#: "this decision, then ``base`` until the episode ends" (``proposals``: the labels of the tuned heuristics that
-#: propose candidates, default all; each candidate costs a rollout to the end, so the oracle's time grows with
-#: candidates x rounds^2; ``"oracle": None`` runs none). A grid of a single point is evaluated without tuning.
+#: The oracle is the rollout algorithm over the tuned controller named ``base`` (a label, or ``"best"``: the lowest
+#: training mean, naive baseline included): its candidates are the tuned controllers' decisions plus ``candidates``
+#: random ones, each scored by the exact objective of "this decision, then ``base`` until the episode ends"
+#: (``proposals``: the labels of the tuned controllers that propose candidates, default all, the naive baseline
+#: included; ``resample: n`` adds a row for the same planner scoring each candidate on ``n`` redrawn futures, i.e.
+#: without the clairvoyance of replaying the env's own draws; each candidate costs a rollout to the end, so the
+#: oracle's time grows with candidates x rounds^2; ``"oracle": None`` runs none). A grid of a single point is
+#: evaluated without tuning.
 SUITE: dict[str, dict[str, Any]] = {
     "QFL/ClientSelection-v1": {
         "naive": ("random-k (tuned k)", "random-k", {"k": [1, 2, 3, 4, 6]}),
@@ -63,16 +69,21 @@ SUITE: dict[str, dict[str, Any]] = {
         "naive": (
             "constant lr/steps (tuned)",
             "constant-lr",
-            {"lr": [0.1, 0.3, 1.0, 3.0], "local_steps": [1, 2, 4, 8]},
+            {"lr": [0.3, 1.0, 2.0, 3.0, 4.0], "local_steps": [1, 2, 4]},
         ),
         "informed": [
             (
                 "loss-reactive",
                 "loss-reactive",
-                {"start": [1.0, 3.0, 10.0], "local_steps": [1, 2, 4], "decay": [0.5, 0.8]},
+                {"start": [2.0, 3.0, 4.0], "local_steps": [1, 2], "decay": [0.5, 0.8], "tolerance": [0.0, 0.05]},
+            ),
+            (
+                "step-decay (tuned schedule)",
+                "step-decay",
+                {"lr": [3.0, 4.0, 5.0], "local_steps": [1, 2], "gamma": [0.5, 0.8], "every": [5, 20]},
             ),
         ],
-        "oracle": {"candidates": 1, "base": "loss-reactive"},
+        "oracle": {"candidates": 2, "base": "best", "resample": 4},
     },
     "QFL/RoundTermination-v1": {
         "naive": ("fixed stopping round (tuned)", "fixed-round", {"rounds": [10, 20, 30, 40, 60, 80, 100, 150]}),
@@ -80,7 +91,7 @@ SUITE: dict[str, dict[str, Any]] = {
             ("patience", "patience", {"patience": [3, 5, 10, 20]}),
             ("marginal-value", "marginal-value", {"price": [0.1, 0.3, 1.0, 3.0], "smoothing": [0.1, 0.3]}),
         ],
-        "oracle": {"candidates": 1, "base": "marginal-value"},
+        "oracle": {"candidates": 1, "base": "best", "resample": 4},
     },
     "QFL/FullControl-v1": {
         "naive": (
@@ -88,10 +99,10 @@ SUITE: dict[str, dict[str, Any]] = {
             "composite",
             {
                 "selection": ["random-k"],
-                "selection_kwargs": [{"k": k} for k in (2, 4)],
-                "step_size_kwargs": [{"lr": lr} for lr in (0.3, 1.0)],
+                "selection_kwargs": [{"k": k} for k in (1, 2, 4)],
+                "step_size_kwargs": [{"lr": lr} for lr in (1.0, 3.0)],
                 "termination": ["fixed-round"],
-                "termination_kwargs": [{"rounds": r} for r in (20, 40, 80)],
+                "termination_kwargs": [{"rounds": r} for r in (20, 40, 80, 150)],
             },
         ),
         "informed": [
@@ -100,14 +111,14 @@ SUITE: dict[str, dict[str, Any]] = {
                 "composite",
                 {
                     "selection": ["cost-aware"],
-                    "selection_kwargs": [{"k": 3}, {"k": 6}],
-                    "step_size_kwargs": [{"lr": lr} for lr in (0.3, 1.0)],
+                    "selection_kwargs": [{"k": 2}, {"k": 3}],
+                    "step_size_kwargs": [{"lr": lr} for lr in (1.0, 3.0)],
                     "termination": ["marginal-value"],
-                    "termination_kwargs": [{"price": p} for p in (0.3, 1.0, 3.0)],
+                    "termination_kwargs": [{"price": p} for p in (0.1, 0.3, 1.0, 3.0)],
                 },
             ),
         ],
-        "oracle": {"candidates": 1, "base": "cost-aware + marginal-value"},
+        "oracle": {"candidates": 1, "base": "best", "resample": 4},
     },
 }
 
@@ -166,10 +177,17 @@ def _tune(
     return points[best], float(means[best])
 
 
-def _oracle_kwargs(oracle: dict[str, Any], informed: list[tuple[str, str, dict[str, Any], float]]) -> dict[str, Any]:
-    """The lookahead's kwargs: rollouts to the end with the tuned ``base``, the tuned heuristics as proposals."""
-    tuned = {label: (name, kwargs) for label, name, kwargs, _ in informed}
-    base = tuned[oracle["base"]]
+def _oracle_kwargs(oracle: dict[str, Any], chosen: list[tuple[str, str, dict[str, Any], float]]) -> dict[str, Any]:
+    """The lookahead's kwargs: rollouts to the end with the tuned ``base``, the tuned controllers as proposals.
+
+    ``base`` is a label of ``chosen`` or ``"best"``: the tuned controller with the lowest training mean.
+    """
+    tuned = {label: (name, kwargs) for label, name, kwargs, _ in chosen}
+    if oracle["base"] == "best":
+        ranked = [(mean, label) for label, _, _, mean in chosen if np.isfinite(mean)]
+        base = tuned[min(ranked)[1]]
+    else:
+        base = tuned[oracle["base"]]
     return {
         "candidates": oracle["candidates"],
         "horizon": None,
@@ -210,8 +228,12 @@ def measure(
                 kwargs, train_mean = _tune(env_id, name, grid, train_seeds, workers, progress)
                 chosen.append((label, name, kwargs, train_mean))
             if spec.get("oracle") is not None:
-                oracle = _oracle_kwargs(spec["oracle"], chosen[1:])
-                chosen.append(("lookahead (oracle, privileged)", "lookahead", oracle, math.nan))
+                oracle = _oracle_kwargs(spec["oracle"], chosen)
+                chosen.append((ORACLE_LABEL, "lookahead", oracle, math.nan))
+                futures = spec["oracle"].get("resample")
+                if futures:  # the same planner without clairvoyance: it plans on redrawn futures
+                    label = f"lookahead, {futures} redrawn futures (privileged)"
+                    chosen.append((label, "lookahead", oracle | {"resample": futures}, math.nan))
             per_seed: dict[str, np.ndarray] = {}
             for label, name, kwargs, _ in chosen:
                 seeds = eval_seeds[:oracle_seeds] if name == "lookahead" and oracle_seeds else eval_seeds
@@ -235,7 +257,7 @@ def measure(
                     "n": cmp.n,
                     "per_seed": per_seed[label].tolist(),
                 }
-                role = "naive" if label == naive_label else "oracle" if name == "lookahead" else label
+                role = "naive" if label == naive_label else "oracle" if label == ORACLE_LABEL else label
                 if np.isfinite(per_seed[label]).all():
                     savings.setdefault(role, []).append((reference - per_seed[label]) / reference)
             result["presets"][env_id] = {"objective": objective, "reference": naive_label, "controllers": controllers}

@@ -69,7 +69,9 @@ class StepSizeEnv(QFLEnv):
       over two orders of magnitude, availability 0.6-1), the v1 observation (`step_time`, `step_shot_cost` per
       client, `cost_spent`) and the operator's cost (wall time + `shot_price` x shots, in `info["cost"]`,
       objective in `info["objective"]`). Objective `cost_to_target`; a round carries 1 s of server time
-      (communication), local steps 1-8. v0 is unchanged.
+      (communication), local steps 1-8. v0 is unchanged. In its first form v1's lr range (0.1-10 x 0.3) ended
+      below the divergence, so the best constant sat at its top; since 2026-12-02 the base lr is 1.0 and the range
+      (up to lr 10) contains the divergence (lr 4-5 on most seeds).
     """
 
     @classmethod

@@ -75,6 +75,7 @@ def test_aggregates_are_what_rliable_says():
         ({"rollout": "nobody"}, "rollout"),
         ({"proposals": ["nobody"]}, "proposals"),
         ({"cohort_size": 99}, "cohort_size"),
+        ({"resample": 0}, "resample"),
         ({"candidates": 0}, "candidates"),
     ],
 )
@@ -88,17 +89,34 @@ def test_unknown_controller_names_the_allowed_ones():
         make_controller("no-such-controller", gym.make(TINY))
 
 
-def test_lookahead_leaves_the_env_exactly_where_it_was():
+@pytest.mark.parametrize("resample", [None, 2])
+def test_lookahead_leaves_the_env_exactly_where_it_was(resample):
     env, twin = gym.make(TINY), gym.make(TINY)
     obs, _ = env.reset(seed=5)
     twin.reset(seed=5)
-    oracle = make_controller("lookahead", env, seed=0, candidates=4, horizon=2)
+    oracle = make_controller("lookahead", env, seed=0, candidates=4, horizon=2, resample=resample)
     action, _ = oracle.predict(obs)
     a = env.step(action)
     b = twin.step(action)
     np.testing.assert_array_equal(a[0], b[0])
     assert a[1] == b[1] and a[4]["objective"] == b[4]["objective"]
     assert oracle.episode_metrics()["planned_rounds_per_decision"] > 0
+
+
+def test_resampled_rollouts_do_not_replay_the_envs_future_draws():
+    """With ``resample`` the planner's rollouts see other draws (availability, minibatches, shots) than the
+    episode will: the same action from the same snapshot ends elsewhere."""
+    env = gym.make("QFL/StepSize-Tiny-v1")
+    env.reset(seed=3)
+    oracle = make_controller("lookahead", env, seed=0, candidates=1, horizon=1, resample=1)
+    action = np.zeros(2, dtype=np.float32)
+    snapshot = env.unwrapped.get_state()
+    replayed = [env.step(action)[4]["val_loss"] for _ in range(2)]
+    env.unwrapped.set_state(snapshot)
+    assert [env.step(action)[4]["val_loss"] for _ in range(2)] == replayed
+    env.unwrapped.set_state(snapshot)
+    oracle._redraw_future(12345)
+    assert [env.step(action)[4]["val_loss"] for _ in range(2)] != replayed
 
 
 def test_at_an_equal_cohort_size_the_oracle_beats_random():

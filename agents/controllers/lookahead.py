@@ -91,6 +91,12 @@ class LookaheadController:
         proposals: Controllers whose decisions are candidates too: names, or ``[name, kwargs]`` pairs.
         cohort_size: Random selection candidates train exactly this many available clients (``None``: a
             random size from 1 to the selection budget), for comparisons at an equal cohort size.
+        resample: ``None``: rollouts replay the env's own future random draws (which clients are available or
+            drawn by the env's selection rule, minibatches, shot outcomes), so the planner is *clairvoyant*.
+            ``n >= 1``: each candidate is scored by the mean of ``n`` rollouts whose future draws are redrawn
+            (the federation's generator and ``np_random`` reseeded from the planner's own generator; the same
+            ``n`` seeds for every candidate of a decision), a planner that knows the simulator but not the
+            future. The real episode keeps its own draws either way.
 
     Raises:
         ConfigError: Naming the field and the allowed values for a bad option.
@@ -108,6 +114,7 @@ class LookaheadController:
         score: str = "reward",
         proposals: Sequence[str | Sequence[Any]] = (),
         cohort_size: int | None = None,
+        resample: int | None = None,
     ) -> None:
         if hasattr(env, "num_envs"):
             raise ConfigError("lookahead: env must be a single env (it plans on the env's own snapshots), got a VecEnv")
@@ -135,6 +142,11 @@ class LookaheadController:
                 f"null, got {cohort_size!r}"
             )
         self.cohort_size = cohort_size
+        if resample is not None and (isinstance(resample, bool) or not isinstance(resample, int) or resample < 1):
+            raise ConfigError(
+                f"lookahead.resample: must be an integer >= 1 or null (replay the draws), got {resample!r}"
+            )
+        self.resample = resample
         if candidates == 0 and not proposals:
             raise ConfigError("lookahead.candidates: must be >= 1 when there are no proposals")
         self.n_candidates, self.horizon, self.score_name = candidates, horizon, score
@@ -183,15 +195,26 @@ class LookaheadController:
         if self._shadow is not None:  # its memory follows the real episode; rollouts start from a copy
             self._shadow.predict(observation, episode_start=episode_start, deterministic=True)
         snapshot = self.env.get_state()
+        futures = [None] if self.resample is None else self.rng.integers(2**62, size=self.resample).tolist()
         best, best_score = None, -math.inf
         for action in self._candidates(observation):
-            value = self._score(self._simulate(action))
-            self.env.set_state(snapshot)
+            scores = []
+            for future in futures:
+                if future is not None:
+                    self._redraw_future(future)
+                scores.append(self._score(self._simulate(action)))
+                self.env.set_state(snapshot)
+            value = float(np.mean(scores))
             if value > best_score:
                 best, best_score = action, value
         self._decisions += 1
         self._plan_s += time.perf_counter() - began
         return best, state
+
+    def _redraw_future(self, seed: int) -> None:
+        """Reseed the env's run-time random streams (its snapshot restores the real ones afterwards)."""
+        self.env.federation.generator.manual_seed(seed % 2**63)
+        self.env.np_random = np.random.default_rng(seed)
 
     def _candidates(self, observation: Any) -> list[Any]:
         out = [proposal.predict(observation, deterministic=True)[0] for proposal in self._proposals]
