@@ -209,3 +209,17 @@ def test_readme_grpo_example_runs(tmp_path, monkeypatch):
     rewards = [e["reward"] for e in trainer.state.log_history if "reward" in e]
     assert rewards and all(np.isfinite(rewards))
     assert len(namespace["bank"]) == len(namespace["rows"]) >= 2
+
+
+def test_teacher_episodes_can_be_cut_to_show_more_federations():
+    from qflgym.agents.controllers import make_controller
+    from qflgym.agents.llm.train.rollout import rollout
+
+    env = make_env("QFL/ClientSelection-Tiny-v1")
+    codec = TextCodec.from_env(env)
+    teacher = make_controller("cost-aware", env, seed=0, k=2)
+    data = rollout(env, teacher, codec, 3, 0, max_steps=2)
+    assert [(r["episode"], r["step"]) for r in data.records] == [(e, s) for e in range(3) for s in range(2)]
+    assert len({r["prompt"] for r in data.records if r["step"] == 0}) == 3  # three federations
+    with pytest.raises(ValueError, match="episode_steps"):
+        LLMSFTConfig(episode_steps=0)

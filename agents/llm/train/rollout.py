@@ -75,6 +75,7 @@ def rollout(
     deterministic: bool = True,
     progress: bool = False,
     description: str = "rollout",
+    max_steps: int | None = None,
 ) -> Rollout:
     """Run ``controller`` for ``episodes`` episodes (reset seeds ``seed, seed + 1, ...``) and record them.
 
@@ -88,6 +89,8 @@ def rollout(
         deterministic: Passed to ``predict``.
         progress: Show a progress bar.
         description: Progress bar label.
+        max_steps: Decisions recorded per episode (``None``: until it ends); a cut episode's return is the sum of
+            its recorded steps' rewards.
     """
     from tqdm.auto import tqdm
 
@@ -115,7 +118,7 @@ def rollout(
             out.records.append(record)
             total += float(reward)
             step += 1
-            if terminated or truncated:
+            if terminated or truncated or step == max_steps:
                 break
         out.returns.append(total)
         out.rounds.append(step)

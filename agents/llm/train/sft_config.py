@@ -36,6 +36,13 @@ class LLMSFTConfig(LLMRunMixin):
         default=True, metadata=_help("record the teacher's deterministic action (false: its sampled actions)")
     )
     episodes: int = field(default=20, metadata=_help("teacher episodes to record"))
+    episode_steps: int | None = field(
+        default=None,
+        metadata=_help(
+            "decisions recorded per teacher episode (None: until it ends); many short episodes show the teacher "
+            "on more federations for the same number of pairs"
+        ),
+    )
     seed: int = field(default=0, metadata=_help("seed of rollouts (episode i resets with seed+i) and training"))
     model: str = field(default="tiny", metadata=_help("base model: gemma3-270m, tiny, or a checkpoint dir"))
     model_seed: int = field(default=0, metadata=_help("init seed of randomly initialized models (tiny)"))
@@ -76,6 +83,8 @@ class LLMSFTConfig(LLMRunMixin):
         errors = []
         if self.episodes < 1:
             errors.append(f"episodes must be >= 1, got {self.episodes}")
+        if self.episode_steps is not None and self.episode_steps < 1:
+            errors.append(f"episode_steps must be None or >= 1, got {self.episode_steps}")
         if self.max_steps == 0 or self.max_steps < -1:
             errors.append(f"max_steps must be >= 1 or -1 (use epochs), got {self.max_steps}")
         if self.max_steps == -1 and self.epochs <= 0:

@@ -126,6 +126,7 @@ class LLMSFTTrainer:
                 deterministic=cfg.teacher_deterministic,
                 progress=cfg.progress,
                 description="teacher",
+                max_steps=cfg.episode_steps,
             )
         finally:
             env.close()
