@@ -36,7 +36,7 @@ def objective_curve(task: tuple[str, dict, int]) -> list[float]:
 
     env_id, config, seed = task
     env = gym.make(env_id, config=config)
-    controller = make_controller("fixed-round", env, seed=seed, rounds=10**9)
+    controller = make_controller("composite", env, seed=seed, termination="never")
     obs, info = env.reset(seed=seed)
     curve = []
     done = False

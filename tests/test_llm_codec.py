@@ -131,6 +131,9 @@ def test_v1_prompt_reads_the_cost_and_label_features(envs):
         assert cells[10] == ("".join(map(str, ranked)) or "-")
         mixes.add(cells[10])
     assert len(mixes) > 1  # the column tells the clients apart
+    block = layout.clients(obs)  # a view: set client 0's label mix around the 25% share
+    block[0, [layout.client_index[f"label_frac_{j}"] for j in range(10)]] = [0.24, 0.26, 0.5, 0, 0, 0, 0, 0, 0, 0]
+    assert TextCodec.from_env(env).prompt(obs).split("\n")[3].split()[10] == "21"
 
 
 def test_fallbacks_are_documented_and_counted(envs):
