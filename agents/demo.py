@@ -42,6 +42,7 @@ DEMO_EVAL_SEEDS_START = 10_000
 DEMO_HEURISTICS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("random-k", "random-k", {"k": 1}),
     ("cost-aware", "cost-aware", {"k": 3}),
+    ("cost-aware+loss", "cost-aware", {"k": 3, "loss_weight": 0.5}),
     ("label-complement", "label-complement", {"k": 3}),
     ("oort", "oort", {"k": 2}),
 )

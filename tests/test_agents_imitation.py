@@ -187,3 +187,27 @@ def test_the_packaged_clone_recipe_trains_a_fixed_size_cohort_policy(tmp_path) -
     for seed in (1, 2, 3):
         action, _ = model.predict(env.reset(seed=seed)[0], deterministic=True)
         assert int((action > 0).sum()) == 2  # cohort_size=2 in the Tiny entry: exactly two clients train
+
+
+def test_listwise_cloning_ranks_the_teachers_clients_first() -> None:
+    env = gym.make(ENV)
+    cfg = PretrainConfig(**TEACHER, episodes=6, epochs=150, batch_size=32, learning_rate=3e-3, loss="listwise")
+    demos = collect_demonstrations(env, cfg, list(range(6)), gamma=0.99)
+    model = _model(env)
+    result = behaviour_clone(model.policy, demos, cfg, seed=0)
+    assert result.last_loss < 0.5 * result.first_loss
+    with torch.no_grad():  # the score means (predict clips them to the Box, which would tie the top ones)
+        scores = model.policy.get_distribution(torch.as_tensor(demos.observations)).distribution.mean.numpy()
+    picked = demos.actions > 0
+    k = int(picked.sum(axis=1).max())
+    top = np.argsort(-scores, axis=1)[:, :k]
+    ranked_first = np.mean([set(np.flatnonzero(p)) == set(t[: p.sum()]) for p, t in zip(picked, top, strict=True)])
+    assert ranked_first >= 0.9
+
+
+def test_listwise_cloning_needs_client_scores() -> None:
+    env = gym.make("QFL/RoundTermination-Tiny-v1")
+    model = PPO("MlpPolicy", env, n_steps=16)
+    demos = collect_demonstrations(env, PretrainConfig(teacher="fixed-round"), [0], gamma=0.99, max_steps=2)
+    with pytest.raises(ConfigError, match=r"loss=listwise needs a top-k action of client scores.*allowed: loss=like"):
+        behaviour_clone(model.policy, demos, PretrainConfig(teacher="fixed-round", loss="listwise"), seed=0)

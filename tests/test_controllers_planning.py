@@ -196,6 +196,26 @@ def test_cost_aware_prefers_cheap_clients_and_needs_the_v1_observation():
         controller.predict(v0.reset(seed=0)[0])
 
 
+def test_cost_aware_loss_weight_prefers_the_clients_the_model_fits_worst():
+    from qflgym.agents.controllers.informed import CostAware, LabelComplement
+
+    env = gym.make(TINY, config={"federation": {"clients": {"availability": 1.0}}})
+    obs, _ = env.reset(seed=0)
+    for _ in range(3):  # some clients train, so their last_loss drops below the unseen clients' 1
+        obs, *_ = env.step(env.action_space.sample())
+    view = _view(env, obs)
+    loss = view.client("last_loss")
+    assert loss.min() < loss.max()
+    static = dict(time_weight=0.0, shot_weight=0.0, noise_weight=0.0)
+    worst = CostAware(_facts(env), k=1, loss_weight=1e6, **static).select(view, {}, np.random.default_rng(0))
+    assert loss[worst].item() == loss.max()
+    blind = CostAware(_facts(env), k=1, **static).select(view, {}, np.random.default_rng(0))
+    labels = LabelComplement(_facts(env), k=1).select(view, {}, np.random.default_rng(0))
+    np.testing.assert_array_equal(blind, labels)  # loss_weight 0: the label mix alone decides
+    with pytest.raises(ConfigError, match=r"cost-aware\.loss_weight"):
+        CostAware(_facts(env), loss_weight=float("nan"))
+
+
 def test_fixed_round_stops_after_its_rounds_and_loss_reactive_backs_off():
     env = gym.make("QFL/RoundTermination-Tiny-v1")
     episode = run_episode(env, make_controller("fixed-round", env, seed=0, rounds=3), seed=0)

@@ -57,7 +57,10 @@ class LabelComplement(Selector):
         self.adaptive = bool(adaptive)
 
     def costs(self, view: ObsView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-client ``(time, shots, noise)`` terms of the score (zeros: labels only)."""
+        """Per-client ``(time, shots, member)`` terms of the score (zeros here: labels only).
+
+        The cohort is priced with its slowest member's time, its summed shots and its members' mean ``member``.
+        """
         zeros = np.zeros(self.n)
         return zeros, zeros, zeros
 
@@ -105,6 +108,7 @@ class CostAware(LabelComplement):
           + time_weight  x max_{i in C} step_time_i x local_steps      (the round lasts as long as its slowest)
           + shot_weight  x sum_{i in C} step_shot_cost_i x local_steps (shots add up)
           + noise_weight x mean_{i in C} (noise_level_i + shot_noise_i)
+          - loss_weight  x mean_{i in C} last_loss_i                       (Oort's statistical utility)
 
     ``step_time`` and ``step_shot_cost`` are in units of the env's ``cost_scale``, so the weights price cost
     in label-mismatch points.
@@ -118,6 +122,11 @@ class CostAware(LabelComplement):
         time_weight: Price of one ``cost_scale`` of round time.
         shot_weight: Price of one ``cost_scale`` of shots.
         noise_weight: Price of the members' mean device and shot noise.
+        loss_weight: Value of the members' mean ``last_loss`` (the global model's loss on a client when it last
+            trained; 1 for a client never seen). 0, the default, scores a federation's static features and
+            availability only, so the cohort repeats while they do; a positive weight prefers the clients the
+            model fits worst (as Oort's statistical utility does), so a cohort that stops teaching the model
+            gives way to others.
 
     Raises:
         ConfigError: If a weight is negative or not finite.
@@ -131,16 +140,24 @@ class CostAware(LabelComplement):
         time_weight: float = 1.0,
         shot_weight: float = 1.0,
         noise_weight: float = 0.5,
+        loss_weight: float = 0.0,
     ) -> None:
         super().__init__(facts, k, adaptive)
-        _non_negative("cost-aware", time_weight=time_weight, shot_weight=shot_weight, noise_weight=noise_weight)
+        _non_negative(
+            "cost-aware",
+            time_weight=time_weight,
+            shot_weight=shot_weight,
+            noise_weight=noise_weight,
+            loss_weight=loss_weight,
+        )
         self.time_weight = float(time_weight)
         self.shot_weight = float(shot_weight)
         self.noise_weight = float(noise_weight)
+        self.loss_weight = float(loss_weight)
         self.local_steps = facts.default_local_steps
 
     def costs(self, view: ObsView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-client ``(time, shots, noise)`` terms, weighted.
+        """Per-client ``(time, shots, member)`` terms, weighted (``member``: noise minus loss utility).
 
         Raises:
             ConfigError: If the observation lacks the v1 cost features.
@@ -151,7 +168,7 @@ class CostAware(LabelComplement):
         time = self.time_weight * steps * view.client("step_time")
         shots = self.shot_weight * steps * view.client("step_shot_cost")
         noise = self.noise_weight * (view.client("noise_level") + view.client("shot_noise"))
-        return time, shots, noise
+        return time, shots, noise - self.loss_weight * view.client("last_loss")
 
 
 @STEP_SIZE_RULES.register("loss-reactive")

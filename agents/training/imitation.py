@@ -22,13 +22,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from qflgym.config import StrictModel
+from qflgym.config import ConfigError, StrictModel
 
 __all__ = [
     "DEMO_SEED_OFFSET",
@@ -67,6 +67,12 @@ class PretrainConfig(StrictModel):
     """Minibatch size."""
     learning_rate: float = Field(1e-3, gt=0, allow_inf_nan=False)
     """Adam learning rate of the cloning phase."""
+    loss: Literal["likelihood", "listwise"] = "likelihood"
+    """What the actor fits. ``likelihood``: the negative log-likelihood of the teacher's action (every SB3
+    distribution; for a Gaussian over client scores, a squared error towards the teacher's +-1 scores).
+    ``listwise``: for a top-k action of client scores (``Box(N)``), each client the teacher picked against all
+    it did not, ``-log(exp(s_i) / (exp(s_i) + sum_{j not picked} exp(s_j)))`` over the score means ``s``
+    (ListNet/ListMLE-style): only the order of the scores counts, which is all a top-k action reads."""
     value_coef: float = Field(0.5, ge=0, allow_inf_nan=False)
     """Weight of the critic's return regression (0: leave the critic untrained)."""
     train_log_std: bool = False
@@ -224,14 +230,21 @@ def behaviour_clone(policy: Any, demos: Demonstrations, cfg: PretrainConfig, see
 
     Loss per minibatch: ``-mean log pi(a_teacher | s) + value_coef * mean (V(s) - G)^2`` (the value term over
     the steps with a return, see :attr:`PretrainConfig.episode_steps`), Adam with ``cfg.learning_rate`` over
-    ``cfg.epochs`` shuffled passes (order from ``seed``).
+    ``cfg.epochs`` shuffled passes (order from ``seed``). With ``cfg.loss == "listwise"`` the actor term is the
+    listwise loss of :attr:`PretrainConfig.loss` instead (reported in ``first_loss``/``last_loss``).
 
     Args:
         policy: The model's policy (``model.policy``), trained in place.
         demos: From :func:`collect_demonstrations`.
         cfg: The cloning settings.
         seed: Seed of the minibatch order.
+
+    Raises:
+        ConfigError: ``loss: listwise`` for a policy whose action is not a Gaussian over client scores.
     """
+    listwise = cfg.loss == "listwise"
+    if listwise:
+        _check_listwise(policy)
     device = policy.device
     obs = torch.as_tensor(demos.observations, device=device)
     actions = torch.as_tensor(demos.actions, device=device)
@@ -249,9 +262,12 @@ def behaviour_clone(policy: Any, demos: Demonstrations, cfg: PretrainConfig, see
         total = 0.0
         for start in range(0, n, cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
-            extra = {} if masks is None else {"action_masks": masks[idx]}
-            values, log_prob, _ = policy.evaluate_actions(obs[idx], actions[idx], **extra)
-            nll = -log_prob.mean()
+            if listwise:
+                values, nll = _listwise_loss(policy, obs[idx], actions[idx])
+            else:
+                extra = {} if masks is None else {"action_masks": masks[idx]}
+                values, log_prob, _ = policy.evaluate_actions(obs[idx], actions[idx], **extra)
+                nll = -log_prob.mean()
             target = returns[idx]
             known = ~torch.isnan(target)
             value_loss = torch.mean((values.flatten()[known] - target[known]) ** 2) if known.any() else 0.0
@@ -263,6 +279,37 @@ def behaviour_clone(policy: Any, demos: Demonstrations, cfg: PretrainConfig, see
         epoch_losses.append(total / n)
     policy.set_training_mode(False)
     return CloneResult(epoch_losses[0], epoch_losses[-1], _agreement(policy, demos))
+
+
+def _check_listwise(policy: Any) -> None:
+    from stable_baselines3.common.distributions import DiagGaussianDistribution
+
+    space = policy.action_space
+    if not (isinstance(policy.action_dist, DiagGaussianDistribution) and len(space.shape) == 1):
+        raise ConfigError(
+            f"pretrain: loss=listwise needs a top-k action of client scores (a Box(N) with a Gaussian policy), "
+            f"not {space} with {type(policy.action_dist).__name__}; allowed: loss=likelihood"
+        )
+
+
+def _listwise_loss(policy: Any, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values [B, 1], loss)``: each teacher-picked score (``action > 0``) against all the unpicked ones.
+
+    The score means and values come from one pass, as in SB3's ``ActorCriticPolicy.evaluate_actions``; rows in
+    which the teacher picked nobody add nothing.
+    """
+    features = policy.extract_features(obs)
+    if policy.share_features_extractor:
+        latent_pi, latent_vf = policy.mlp_extractor(features)
+    else:
+        latent_pi = policy.mlp_extractor.forward_actor(features[0])
+        latent_vf = policy.mlp_extractor.forward_critic(features[1])
+    scores = policy.action_net(latent_pi)
+    picked = actions > 0
+    unpicked = torch.logsumexp(scores.masked_fill(picked, float("-inf")), dim=-1, keepdim=True)
+    per_pick = torch.logaddexp(scores, unpicked) - scores
+    loss = per_pick[picked].sum() / picked.sum().clamp(min=1)
+    return policy.value_net(latent_vf), loss
 
 
 def demonstration_seeds(cfg: PretrainConfig, seed: int) -> range:
