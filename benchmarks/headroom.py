@@ -24,7 +24,6 @@ import itertools
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -36,7 +35,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from qflgym.runs import write_run_record
+from qflgym.runs import write_result_record
 
 #: The row of the clairvoyant oracle (its rollouts replay the env's own future draws).
 ORACLE_LABEL = "lookahead (oracle, privileged)"
@@ -345,7 +344,7 @@ def measure_and_save(
     """
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_run_record(args.json.parent, {"args": vars(args) | {"json": str(args.json)}}, sys.argv)
+        write_result_record(args.json, args)
     started = time.perf_counter()
     eval_seeds = list(range(10_000, 10_000 + n_eval))
     result = measure(suite, list(range(n_train)), eval_seeds, args.workers, args.json, oracle_seeds)

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from qflgym.config import parse_yaml
-from qflgym.runs import write_run_record
+from qflgym.runs import write_result_record
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1))
-        write_run_record(args.json.parent / args.json.stem, {"args": vars(args) | {"json": str(args.json)}}, sys.argv)
+        write_result_record(args.json, args)
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -64,7 +63,7 @@ def curves(env_id: str, config: dict, seeds: list[int], workers: int) -> np.ndar
 def main(argv: list[str] | None = None) -> int:
     from qflgym.agents.evaluation.paired import paired_comparison
     from qflgym.config import parse_yaml
-    from qflgym.runs import write_run_record
+    from qflgym.runs import write_result_record
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="QFL/RoundTermination-v1")
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  hindsight-best round per seed: 10/50/90th percentile {q[0]:.0f} / {q[1]:.0f} / {q[2]:.0f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_run_record(args.json.parent, {"args": vars(args) | {"json": str(args.json)}}, sys.argv)
+        write_result_record(args.json, args)
         args.json.write_text(
             json.dumps(
                 {

@@ -28,7 +28,16 @@ from typing import Any
 
 import yaml
 
-__all__ = ["CONFIG_FILE", "RUN_FILE", "VERSIONED_PACKAGES", "package_versions", "to_yaml_safe", "write_run_record"]
+__all__ = [
+    "CONFIG_FILE",
+    "RUN_FILE",
+    "VERSIONED_PACKAGES",
+    "package_versions",
+    "result_record_dir",
+    "to_yaml_safe",
+    "write_result_record",
+    "write_run_record",
+]
 
 #: The resolved settings of a run.
 CONFIG_FILE = "config.yaml"
@@ -109,3 +118,26 @@ def write_run_record(
     record = {"versions": package_versions(), **to_yaml_safe(dict(extra or {}))}
     (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return run_dir
+
+
+def result_record_dir(result: str | Path) -> Path:
+    """The run folder of a benchmark's result file: beside it, named after it (``out/x.json`` -> ``out/x/``).
+
+    One folder per result, so results written into one folder keep their own records.
+    """
+    result = Path(result)
+    return result.parent / result.stem
+
+
+def write_result_record(result: str | Path, args: Any, argv: Sequence[str] | None = None) -> Path:
+    """Write the run record of the benchmark whose ``--json`` is ``result`` (see :func:`result_record_dir`).
+
+    Args:
+        result: The result file's path.
+        args: The parsed command line (an ``argparse.Namespace``), recorded as ``{"args": ...}``.
+        argv: The command line (default ``sys.argv``).
+
+    Returns:
+        The run folder.
+    """
+    return write_run_record(result_record_dir(result), {"args": vars(args) | {"json": str(result)}}, argv)
