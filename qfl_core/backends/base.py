@@ -111,6 +111,37 @@ class ClientNoise:
         )
 
 
+@dataclass(frozen=True)
+class GeneratorRuns:
+    """The sources of randomness of one backend call over the clients of several federations.
+
+    The first ``sizes[0]`` clients (the leading ``C`` dimension) draw from ``generators[0]``, the next
+    ``sizes[1]`` from ``generators[1]``, and so on: every federation's draws are those it would make alone.
+
+    Raises:
+        ValueError: If the tuples differ in length or a size is negative.
+    """
+
+    sizes: tuple[int, ...]
+    generators: tuple[torch.Generator, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.sizes) != len(self.generators) or any(n < 0 for n in self.sizes):
+            raise ValueError(
+                f"GeneratorRuns: sizes (>= 0) and generators need one entry per run; got sizes {self.sizes} "
+                f"for {len(self.generators)} generators"
+            )
+
+    @classmethod
+    def of(cls, generator: torch.Generator | GeneratorRuns, n_clients: int) -> GeneratorRuns:
+        """``generator`` as runs: one generator for all ``n_clients`` clients, or the runs as they are."""
+        return generator if isinstance(generator, GeneratorRuns) else cls((n_clients,), (generator,))
+
+
+Generators = torch.Generator | GeneratorRuns
+"""The ``generator`` argument of a backend call: one generator, or per-federation runs (see :class:`GeneratorRuns`)."""
+
+
 class Backend(abc.ABC):
     """Evaluates Pauli-Z expectations of a :class:`CircuitSpec` for a batch of clients.
 
@@ -124,6 +155,9 @@ class Backend(abc.ABC):
 
     #: Registry name of the backend.
     name: ClassVar[str] = ""
+    #: Whether calls accept :class:`GeneratorRuns` (clients of several federations, each drawing from its own
+    #: generator); otherwise :mod:`qflgym.qfl_core.batched` gives every federation with finite shots its own call.
+    shares_generators: ClassVar[bool] = False
 
     def __init__(self, spec: CircuitSpec, config: BackendConfig) -> None:
         self.spec = spec
@@ -132,7 +166,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def expvals(
-        self, weights: torch.Tensor, x: torch.Tensor, noise: ClientNoise, generator: torch.Generator
+        self, weights: torch.Tensor, x: torch.Tensor, noise: ClientNoise, generator: Generators
     ) -> torch.Tensor:
         """Pauli-Z expectations of every qubit for every client and sample.
 
@@ -141,7 +175,8 @@ class Backend(abc.ABC):
             x: ``[C, B, F]`` features, ``B`` samples per client: ``F = Q`` rotation angles, or ``F = 2^Q`` unit-norm
                 amplitudes (``spec.embedding == "amplitude"``).
             noise: Shots and noise of the ``C`` clients.
-            generator: The source of all sampling randomness (shots).
+            generator: The source of all sampling randomness (shots); :class:`GeneratorRuns` only where
+                :attr:`shares_generators`.
 
         Returns:
             ``[C, B, Q]`` expectations, differentiable w.r.t. ``weights`` by autograd. With finite shots the
@@ -155,7 +190,7 @@ class Backend(abc.ABC):
         y: torch.Tensor,
         mask: torch.Tensor,
         noise: ClientNoise,
-        generator: torch.Generator,
+        generator: Generators,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each client's training loss on its batch and its gradient w.r.t. that client's flat parameters.
 
@@ -168,7 +203,8 @@ class Backend(abc.ABC):
             y: ``[C, B]`` labels.
             mask: ``[C, B]`` 1 for real samples, 0 for padding.
             noise: Shots and noise of the ``C`` clients.
-            generator: The source of all sampling randomness (shots).
+            generator: The source of all sampling randomness (shots); :class:`GeneratorRuns` only where
+                :attr:`shares_generators`.
 
         Returns:
             ``loss [C]`` (no gradient attached) and ``grad [C, P]``.

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 
-from qflgym.qfl_core.backends.base import Backend, ClientNoise
+from qflgym.qfl_core.backends.base import Backend, ClientNoise, Generators
 from qflgym.qfl_core.backends.linalg import COMPLEX
 from qflgym.qfl_core.backends.pauli import PauliTransferSimulator
 from qflgym.qfl_core.backends.sampling import shot_estimates
@@ -59,6 +59,7 @@ class TorchBackend(Backend):
     """
 
     name = "torch"
+    shares_generators = True
 
     #: Largest ``Q`` simulated through each client's unitary (without re-uploading).
     unitary_max_qubits: int = 5
@@ -86,7 +87,7 @@ class TorchBackend(Backend):
         return self._engines[self.engine]
 
     def expvals(
-        self, weights: torch.Tensor, x: torch.Tensor, noise: ClientNoise, generator: torch.Generator
+        self, weights: torch.Tensor, x: torch.Tensor, noise: ClientNoise, generator: Generators
     ) -> torch.Tensor:
         """Pauli-Z expectations ``[C, B, Q]`` (see :meth:`Backend.expvals` and the module docstring).
 
@@ -138,7 +139,7 @@ class TorchBackend(Backend):
         y: torch.Tensor,
         mask: torch.Tensor,
         noise: ClientNoise,
-        generator: torch.Generator,
+        generator: Generators,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss ``[C]`` and gradient ``[C, P]`` (see :meth:`Backend.loss_and_grad`) without autograd.
 
