@@ -20,7 +20,7 @@ import torch
 
 from .backends.base import Backend, ClientNoise, GeneratorRuns, Generators
 from .circuits import CircuitSpec
-from .clients import LocalTraining
+from .clients import Batch, LocalTraining
 
 T = TypeVar("T")
 
@@ -46,18 +46,29 @@ def train_jointly(backend: Backend, trainings: Sequence[LocalTraining]) -> None:
     while active := [t for t in trainings if not t.done]:
         for group in call_groups(active, lambda t: t.noise, lambda t: t.pool.batch, backend.shares_generators):
             batches = [t.next_batch() for t in group]
+            pool = group[0].pool
             if len(group) == 1:
                 (t,), (batch,) = group, batches
-                t.apply(batch, *backend.loss_and_grad(t.params, *batch, t.noise, t.generator))
+                t.apply(batch, *pool.loss_and_grad(t.params, batch, t.noise, t.generator))
                 continue
             sizes = [len(t.client_ids) for t in group]
-            x, y, mask = (torch.cat(parts) for parts in zip(*batches, strict=True))
             params = torch.cat([t.params for t in group])
             noise = ClientNoise.concat([t.noise for t in group])
             generators = _runs(backend, sizes, [t.generator for t in group])
-            loss, grad = backend.loss_and_grad(params, x, y, mask, noise, generators)
+            loss, grad = pool.loss_and_grad(params, _concat(batches), noise, generators)
             for t, batch, loss_t, grad_t in zip(group, batches, loss.split(sizes), grad.split(sizes), strict=True):
                 t.apply(batch, loss_t, grad_t)
+
+
+def _concat(batches: Sequence[Batch]) -> Batch:
+    """The minibatches of several trainings as one (prepared inputs only if every one has them)."""
+    states = [b.states for b in batches]
+    return Batch(
+        torch.cat([b.x for b in batches]),
+        torch.cat([b.y for b in batches]),
+        torch.cat([b.mask for b in batches]),
+        None if any(s is None for s in states) else torch.cat(states),
+    )
 
 
 def _runs(backend: Backend, sizes: Sequence[int], generators: Sequence[torch.Generator]) -> Generators:
@@ -67,8 +78,9 @@ def _runs(backend: Backend, sizes: Sequence[int], generators: Sequence[torch.Gen
     return GeneratorRuns(tuple(sizes), tuple(generators))
 
 
-EvalInput = tuple[torch.Tensor, torch.Tensor, ClientNoise, torch.Generator]
-"""``(params [R, P], x [R, B, Q], noise, generator)`` of one federation's evaluation call."""
+EvalInput = tuple[torch.Tensor, torch.Tensor, ClientNoise, torch.Generator, torch.Tensor | None]
+"""``(params [R, P], x [R, B, Q], noise, generator, states)`` of one federation's evaluation call (``states``:
+the backend's prepared inputs of ``x``, see :meth:`~qflgym.qfl_core.backends.base.Backend.embed_inputs`)."""
 
 
 def logits_jointly(spec: CircuitSpec, backend: Backend, inputs: Sequence[EvalInput]) -> list[torch.Tensor]:
@@ -79,14 +91,17 @@ def logits_jointly(spec: CircuitSpec, backend: Backend, inputs: Sequence[EvalInp
         share = backend.shares_generators
         for group in call_groups(indexed, lambda item: item[1][2], lambda item: item[1][1].shape[1], share):
             if len(group) == 1:  # one federation's call: its own tensors, no copies
-                params, x, noise, generators = group[0][1]
+                params, x, noise, generators, states = group[0][1]
             else:
                 params = torch.cat([item[1][0] for item in group])
                 x = torch.cat([item[1][1] for item in group])
                 noise = ClientNoise.concat([item[1][2] for item in group])
                 generators = _runs(backend, [len(item[1][0]) for item in group], [item[1][3] for item in group])
+                parts = [item[1][4] for item in group]
+                states = None if any(part is None for part in parts) else torch.cat(parts)
             weights, readout = spec.split(params)
-            logits = spec.logits(backend.expvals(weights, x, noise, generators), readout)
+            extra = {} if states is None else {"states": states}
+            logits = spec.logits(backend.expvals(weights, x, noise, generators, **extra), readout)
             for (i, _), part in zip(group, logits.split([len(item[1][0]) for item in group]), strict=True):
                 out[i] = part
     return [logits for logits in out if logits is not None]

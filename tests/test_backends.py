@@ -301,6 +301,26 @@ def test_generator_runs_draw_as_separate_calls(depolarizing: float) -> None:
         backend.expvals(weights, x, noise, GeneratorRuns((1, 3), runs().generators))
 
 
+def test_prepared_inputs_give_the_same_bits() -> None:
+    """``states=embed_inputs(x)`` (prepared once for fixed data) changes no value of a call; other engines: None."""
+    spec = CircuitSpec(3, 2)
+    backend = make_backend(spec, BackendConfig())
+    weights, x = draw(spec, 3, 5, 4)
+    states = backend.embed_inputs(x)
+    assert backend.engine == "unitary" and states is not None and states.shape == (3, 5, 8)
+    y, mask = torch.zeros(3, 5, dtype=torch.long), torch.ones(3, 5, dtype=torch.float64)
+    params = torch.cat((weights.detach().flatten(1), torch.ones(3, spec.n_readout_params, dtype=torch.float64)), 1)
+    noise = ClientNoise((None, 50, 9), (0.0,) * 3, (0.0, 0.1, 0.0))
+    runs = []
+    for kwargs in ({}, {"states": states}):
+        z = backend.expvals(weights.detach(), x, noise, torch.Generator().manual_seed(1), **kwargs)
+        loss, grad = backend.loss_and_grad(params, x, y, mask, noise, torch.Generator().manual_seed(1), **kwargs)
+        runs.append((z, loss, grad))
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+    backend.engine = "dense"
+    assert backend.embed_inputs(x) is None
+
+
 def test_shots_straight_through_gradient() -> None:
     spec = CircuitSpec(3, 2)
     backend = make_backend(spec, BackendConfig())

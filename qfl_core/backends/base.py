@@ -94,8 +94,10 @@ class ClientNoise:
 
     @classmethod
     def concat(cls, parts: Sequence[ClientNoise]) -> ClientNoise:
-        """The clients of all ``parts`` in order (validated once: linear in the total client count)."""
-        return cls(
+        """The clients of all ``parts`` in order (valid parts make a valid whole: not validated again)."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls._valid(
             tuple(s for part in parts for s in part.shots),
             tuple(p for part in parts for p in part.depolarizing),
             tuple(r for part in parts for r in part.readout_error),
@@ -104,11 +106,22 @@ class ClientNoise:
     def select(self, indices: Sequence[int]) -> ClientNoise:
         """The noise of the clients at ``indices``, in that order."""
         idx = [int(i) for i in indices]
-        return ClientNoise(
+        return ClientNoise._valid(
             tuple(self.shots[i] for i in idx),
             tuple(self.depolarizing[i] for i in idx),
             tuple(self.readout_error[i] for i in idx),
         )
+
+    @classmethod
+    def _valid(
+        cls, shots: tuple[int | None, ...], depolarizing: tuple[float, ...], readout_error: tuple[float, ...]
+    ) -> ClientNoise:
+        """A noise of entries taken from valid noises (normalized and checked already), without checking again."""
+        noise = object.__new__(cls)
+        object.__setattr__(noise, "shots", shots)
+        object.__setattr__(noise, "depolarizing", depolarizing)
+        object.__setattr__(noise, "readout_error", readout_error)
+        return noise
 
 
 @dataclass(frozen=True)
@@ -164,9 +177,23 @@ class Backend(abc.ABC):
         self.config = config
         self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
 
+    def embed_inputs(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The per-sample input this backend's simulation starts from, prepared once for fixed data ``x [C, B, F]``.
+
+        A caller whose features do not change (a client's data set, an evaluation set) passes it (or rows of it,
+        gathered like ``x``) as ``states`` with ``x``; the backend then skips preparing it per call, with the
+        same bits. ``None`` (this default) when the backend prepares nothing.
+        """
+        return None
+
     @abc.abstractmethod
     def expvals(
-        self, weights: torch.Tensor, x: torch.Tensor, noise: ClientNoise, generator: Generators
+        self,
+        weights: torch.Tensor,
+        x: torch.Tensor,
+        noise: ClientNoise,
+        generator: Generators,
+        states: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Pauli-Z expectations of every qubit for every client and sample.
 
@@ -177,6 +204,7 @@ class Backend(abc.ABC):
             noise: Shots and noise of the ``C`` clients.
             generator: The source of all sampling randomness (shots); :class:`GeneratorRuns` only where
                 :attr:`shares_generators`.
+            states: :meth:`embed_inputs` of ``x`` (only passed where it is not ``None``).
 
         Returns:
             ``[C, B, Q]`` expectations, differentiable w.r.t. ``weights`` by autograd. With finite shots the
@@ -191,6 +219,7 @@ class Backend(abc.ABC):
         mask: torch.Tensor,
         noise: ClientNoise,
         generator: Generators,
+        states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each client's training loss on its batch and its gradient w.r.t. that client's flat parameters.
 
@@ -205,6 +234,7 @@ class Backend(abc.ABC):
             noise: Shots and noise of the ``C`` clients.
             generator: The source of all sampling randomness (shots); :class:`GeneratorRuns` only where
                 :attr:`shares_generators`.
+            states: :meth:`embed_inputs` of ``x`` (only passed where it is not ``None``).
 
         Returns:
             ``loss [C]`` (no gradient attached) and ``grad [C, P]``.
@@ -212,7 +242,8 @@ class Backend(abc.ABC):
         with torch.enable_grad():
             leaf = params.detach().requires_grad_(True)
             weights, readout = self.spec.split(leaf)
-            loss = masked_cross_entropy(self.spec.logits(self.expvals(weights, x, noise, generator), readout), y, mask)
+            z = self.expvals(weights, x, noise, generator, **({} if states is None else {"states": states}))
+            loss = masked_cross_entropy(self.spec.logits(z, readout), y, mask)
             (grad,) = torch.autograd.grad(loss.sum(), leaf)
         return loss.detach(), grad
 
