@@ -73,23 +73,28 @@ def _sample_counts(probs: np.ndarray, shots: np.ndarray, runs: list[tuple[int, t
 
     ``runs`` splits the ``N`` rows into consecutive ``(rows, generator)`` runs, each drawn from its generator.
     """
-    n, dim = probs.shape
+    return _sample_counts_t(np.ascontiguousarray(probs.T), shots, runs)
+
+
+def _sample_counts_t(probs_t: np.ndarray, shots: np.ndarray, runs: list[tuple[int, torch.Generator]]) -> np.ndarray:
+    """:func:`_sample_counts` of the transposed probabilities ``[2^Q, N]`` (the rows innermost: long loops)."""
+    dim, n = probs_t.shape
     n_qubits = dim.bit_length() - 1
-    marginal = np.maximum(probs, 0.0)
-    marginals = [marginal]
-    for _ in range(n_qubits):  # pair sums a + b: the distribution of one bit fewer
-        marginal = marginal[:, 0::2] + marginal[:, 1::2]
-        marginals.append(marginal)
-    marginals.reverse()  # marginals[k]: [N, 2^k] distribution of the first k bits
-    # p(next bit = 1 | prefix) of every level at once: [N, 1 + 2 + ... + 2^(Q-1)]
-    total = np.concatenate(marginals[:-1], axis=1)
-    ones_mass = np.concatenate([m[:, 1::2] for m in marginals[1:]], axis=1)
-    p_one = np.where(total > 0, ones_mass / np.maximum(total, np.finfo(probs.dtype).tiny), 0.0)
-    p_one = np.minimum(p_one, 1.0).astype(probs.dtype, copy=False)  # in [0, 1] already (monotone rounding)
-    counts = np.ascontiguousarray(shots, dtype=probs.dtype).reshape(n, 1)
+    # the marginals as a tree: level k (the distribution of the first k bits) in rows [2^k - 1, 2^(k+1) - 1)
+    tree = np.empty((2 * dim - 1, n), dtype=probs_t.dtype)
+    np.maximum(probs_t, 0.0, out=tree[dim - 1 :])
+    for k in reversed(range(n_qubits)):  # pair sums a + b: the distribution of one bit fewer
+        finer = tree[2 ** (k + 1) - 1 : 2 ** (k + 2) - 1]
+        np.add(finer[0::2], finer[1::2], out=tree[2**k - 1 : 2 ** (k + 1) - 1])
+    # p(next bit = 1 | prefix) of every level at once: [1 + 2 + ... + 2^(Q-1), N]; the ones' masses (the odd
+    # entries of levels 1..Q) are the even rows from 2 on
+    total, ones_mass = tree[: dim - 1], tree[2::2]
+    p_one = np.where(total > 0, ones_mass / np.maximum(total, np.finfo(probs_t.dtype).tiny), 0.0)
+    p_one = np.minimum(p_one, 1.0).astype(probs_t.dtype, copy=False)  # in [0, 1] already (monotone rounding)
+    counts = np.ascontiguousarray(shots, dtype=probs_t.dtype).reshape(n, 1)
     for k in range(n_qubits):
-        ones = _binomial_runs(counts, p_one[:, 2**k - 1 : 2 ** (k + 1) - 1], runs)
-        split = np.empty((n, 2**k, 2), dtype=probs.dtype)
+        ones = _binomial_runs(counts, p_one[2**k - 1 : 2 ** (k + 1) - 1].T, runs)
+        split = np.empty((n, 2**k, 2), dtype=probs_t.dtype)
         np.subtract(counts, ones, out=split[..., 0])
         split[..., 1] = ones
         counts = split.reshape(n, 2 ** (k + 1))
@@ -156,13 +161,14 @@ def _shot_means(
     """
     n_chosen, batch, dim = probs.shape
     q = dim.bit_length() - 1
+    probs_t = np.ascontiguousarray(probs.reshape(n_chosen * batch, dim).T)  # [D, C' B]
     flips = [noise.readout_error[c] for c in chosen]
     if any(flips):  # per-qubit confusion, qubit by qubit: p(b) -> (1 - r) p(b) + r p(b with bit q flipped)
-        r = np.array(flips, dtype=probs.dtype).reshape(-1, 1, 1, 1, 1)
-        keep = 1 - r
-        for qubit in range(q):  # bit q flipped: the reversed middle axis of [.., 2^q, 2, 2^(Q-1-q)] (a view)
-            split = probs.reshape(n_chosen, batch, 2**qubit, 2, -1)
-            probs = (keep * split + r * split[..., ::-1, :]).reshape(n_chosen, batch, dim)
+        r = np.repeat(np.array(flips, dtype=probs.dtype), batch)
+        keep = np.repeat(1 - np.array(flips, dtype=probs.dtype), batch)
+        for qubit in range(q):  # bit q flipped: the reversed axis of [2^q, 2, 2^(Q-1-q), C' B] (a view)
+            split = probs_t.reshape(2**qubit, 2, -1, n_chosen * batch)
+            probs_t = (keep * split + r * split[:, ::-1]).reshape(dim, -1)
     shots = np.repeat(np.array([float(noise.shots[c]) for c in chosen], dtype=probs.dtype), batch)
-    counts = _sample_counts(probs.reshape(n_chosen * batch, dim), shots, [(n * batch, g) for n, g in runs])
+    counts = _sample_counts_t(probs_t, shots, [(n * batch, g) for n, g in runs])
     return (counts @ _signs(q).astype(probs.dtype, copy=False)) / shots[:, None]
