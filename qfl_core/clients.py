@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from .backends.base import Backend, ClientNoise
+from .backends.base import Backend, ClientNoise, Generators
 from .circuits import CircuitSpec
 from .config import ClientsConfig, PerClient, TrainingConfig
 from .losses import masked_cross_entropy
@@ -82,6 +83,23 @@ def draw_profiles(config: ClientsConfig, rng: np.random.Generator) -> list[Devic
     ]
 
 
+class Batch(NamedTuple):
+    """One minibatch of every training client.
+
+    Attributes:
+        x: ``[C, B, Q]`` features.
+        y: ``[C, B]`` labels.
+        mask: ``[C, B]`` 1 for real samples, 0 for padding.
+        states: ``[C, B, ...]`` the backend's prepared inputs of ``x``
+            (:meth:`~qflgym.qfl_core.backends.base.Backend.embed_inputs`), or ``None``.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    mask: torch.Tensor
+    states: torch.Tensor | None = None
+
+
 @dataclass(frozen=True)
 class FitResult:
     """Outcome of local training for a batch of clients (rows follow ``client_ids``).
@@ -90,9 +108,9 @@ class FitResult:
         client_ids: The clients that trained.
         params: ``[C, P]`` trained parameters.
         loss_before: ``[C]`` loss on each client's first minibatch before training.
-        first_batch: ``(x [C, B, Q], y [C, B], mask [C, B])``: that minibatch, for the loss after training
-            (which :class:`~qflgym.qfl_core.federation.Federation` evaluates in the same backend call as the
-            new global model).
+        first_batch: That :class:`Batch`, for the loss after training (which
+            :class:`~qflgym.qfl_core.federation.Federation` evaluates in the same backend call as the new global
+            model).
         noise: The clients' device noise.
         num_examples: ``[C]`` training-set size of each client (the aggregation weight).
         samples_used: ``[C]`` samples processed over all local steps.
@@ -104,7 +122,7 @@ class FitResult:
     client_ids: np.ndarray
     params: torch.Tensor
     loss_before: torch.Tensor
-    first_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    first_batch: Batch
     noise: ClientNoise
     num_examples: torch.Tensor
     samples_used: np.ndarray
@@ -159,6 +177,12 @@ class ClientPool:
         self._executions_per_sample = 1 + 2 * spec.n_circuit_params
         self._latency = np.array([p.latency_s for p in profiles])
         self._shots = np.array([p.shots or 0 for p in profiles], dtype=np.int64)
+        self._states = backend.embed_inputs(self._x)  # prepared once: minibatches gather rows of it
+        self._noise = ClientNoise(
+            shots=tuple(p.shots for p in profiles),
+            depolarizing=tuple(p.depolarizing for p in profiles),
+            readout_error=tuple(p.readout_error for p in profiles),
+        )
 
     def __len__(self) -> int:
         return len(self.profiles)
@@ -170,12 +194,7 @@ class ClientPool:
 
     def noise(self, client_ids: np.ndarray) -> ClientNoise:
         """The device noise of ``client_ids``, in order."""
-        profiles = [self.profiles[i] for i in client_ids]
-        return ClientNoise(
-            shots=tuple(p.shots for p in profiles),
-            depolarizing=tuple(p.depolarizing for p in profiles),
-            readout_error=tuple(p.readout_error for p in profiles),
-        )
+        return self._noise.select(client_ids.tolist())
 
     def loss(
         self,
@@ -196,16 +215,21 @@ class ClientPool:
         weights, readout = self.spec.split(params)
         return self.spec.logits(self.backend.expvals(weights, x, noise, generator), readout)
 
-    def _sample_batch(
-        self, rows: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _sample_batch(self, rows: torch.Tensor, generator: torch.Generator) -> Batch:
         padding = self._padding[rows]
         keys = torch.rand(padding.shape, generator=generator, dtype=self._x.dtype)
         keys.masked_fill_(padding, 2.0)
         order = keys.argsort(dim=1)[:, : self._batch]
-        x = self._x[rows[:, None], order]
-        y = self._y[rows[:, None], order]
-        return x, y, self._batch_mask[rows]
+        index = (rows[:, None], order)
+        states = None if self._states is None else self._states[index]
+        return Batch(self._x[index], self._y[index], self._batch_mask[rows], states)
+
+    def loss_and_grad(
+        self, params: torch.Tensor, batch: Batch, noise: ClientNoise, generator: Generators
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backend's ``loss_and_grad`` of ``params [C, P]`` on ``batch`` (its prepared inputs included)."""
+        extra = {} if batch.states is None else {"states": batch.states}
+        return self.backend.loss_and_grad(params, batch.x, batch.y, batch.mask, noise, generator, **extra)
 
     def fit(
         self, global_params: torch.Tensor, client_ids: np.ndarray, fit: FitConfig, generator: torch.Generator
@@ -220,7 +244,7 @@ class ClientPool:
         training = LocalTraining(self, global_params, client_ids, fit, generator)
         while not training.done:
             batch = training.next_batch()
-            training.apply(batch, *self.backend.loss_and_grad(training.params, *batch, training.noise, generator))
+            training.apply(batch, *self.loss_and_grad(training.params, batch, training.noise, generator))
         return training.result()
 
 
@@ -253,7 +277,7 @@ class LocalTraining:
         self.params = global_params.expand(len(client_ids), -1).clone()
         self.optimizer = pool.optimizer_cls(self.params, fit.lr)
         self.steps_done = 0
-        self.first_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.first_batch: Batch | None = None
         self.loss_before: torch.Tensor | None = None
 
     @property
@@ -261,13 +285,11 @@ class LocalTraining:
         """True once every local step has run."""
         return self.steps_done >= self.fit.local_steps
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Draw the next minibatch ``(x [C, B, Q], y [C, B], mask [C, B])`` of every training client."""
+    def next_batch(self) -> Batch:
+        """Draw the next minibatch of every training client."""
         return self.pool._sample_batch(self.rows, self.generator)
 
-    def apply(
-        self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], loss: torch.Tensor, grad: torch.Tensor
-    ) -> None:
+    def apply(self, batch: Batch, loss: torch.Tensor, grad: torch.Tensor) -> None:
         """One optimizer step from the clients' ``loss [C]`` and ``grad [C, P]`` on ``batch``."""
         fit = self.fit
         if fit.proximal_mu > 0:  # the gradient of 0.5 * mu * |params - global|^2

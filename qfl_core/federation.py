@@ -256,6 +256,7 @@ class Federation(RoundSnapshot):
         self._eval_x = torch.as_tensor(padded, dtype=self.dtype).view(n_rows, batch, -1)
         self._eval_y = torch.as_tensor(np.concatenate([y for _, y in eval_parts]))
         self._eval_noise = ClientNoise.exact(n_rows)
+        self._eval_states = self.backend.embed_inputs(self._eval_x)
         self._availability = torch.tensor([p.availability for p in self.profiles], dtype=torch.float64)
         self.available: np.ndarray = self._draw_availability()
         """Which clients are online for the coming round (drawn before it, so a controller can see it)."""
@@ -409,12 +410,14 @@ class Federation(RoundSnapshot):
         The global model runs on the evaluation rows, every trained client (first rows) on its first minibatch.
         """
         params = self.params.expand(len(self._eval_x), -1)
-        x, noise = self._eval_x, self._eval_noise
+        x, noise, states = self._eval_x, self._eval_noise, self._eval_states
         if fit is not None:
             params = torch.cat([fit.params, params])
-            x = torch.cat([fit.first_batch[0], x])
+            x = torch.cat([fit.first_batch.x, x])
             noise = fit.noise + noise
-        return params, x, noise, self.generator
+            first = fit.first_batch.states
+            states = None if states is None or first is None else torch.cat([first, states])
+        return params, x, noise, self.generator, states
 
     def _evaluation_stats(
         self, fit: FitResult | None, logits: torch.Tensor
@@ -425,7 +428,10 @@ class Federation(RoundSnapshot):
         """
         n = 0 if fit is None else len(fit.client_ids)
         with torch.no_grad():
-            loss_after = masked_cross_entropy(logits[:n], *fit.first_batch[1:]) if fit is not None else logits[:0, 0, 0]
+            if fit is None:
+                loss_after = logits[:0, 0, 0]
+            else:
+                loss_after = masked_cross_entropy(logits[:n], fit.first_batch.y, fit.first_batch.mask)
             eval_logits = logits[n:].flatten(0, 1)[: self._n_eval]
             ce = F.cross_entropy(eval_logits, self._eval_y, reduction="none")
             correct = (eval_logits.argmax(1) == self._eval_y).to(ce.dtype)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from qflgym.qfl_core.backends import BACKENDS, Backend, ClientNoise, PennyLaneBackend, TorchBackend, make_backend
+from qflgym.qfl_core.backends.base import GeneratorRuns
 from qflgym.qfl_core.backends.linalg import kron_matrices, kron_vectors, kron_vectors_grad
 from qflgym.qfl_core.backends.pauli import pauli_cnot_table
 from qflgym.qfl_core.backends.sampling import sample_counts, shot_estimates
@@ -269,6 +270,55 @@ def test_shots_reproducible_and_discrete() -> None:
         torch.testing.assert_close(scaled, scaled.round(), atol=1e-9, rtol=0)
         assert z1[c].abs().max() <= 1
     assert not torch.equal(z1[0], exact[0])
+
+
+@pytest.mark.parametrize("depolarizing", [0.0, 0.1])
+def test_generator_runs_draw_as_separate_calls(depolarizing: float) -> None:
+    """One call over two federations' clients (``GeneratorRuns``) gives each the draws of its own call."""
+    spec = CircuitSpec(3, 2)
+    backend = make_backend(spec, BackendConfig())
+    assert backend.shares_generators
+    weights, x = draw(spec, 5, 6, 3)
+    y, mask = torch.zeros(5, 6, dtype=torch.long), torch.ones(5, 6, dtype=torch.float64)
+    params = torch.cat((weights.detach().flatten(1), torch.zeros(5, spec.n_readout_params, dtype=torch.float64)), 1)
+    noise = ClientNoise((10, None, 300, None, 77), (depolarizing,) * 5, (0.0, 0.1, 0.05, 0.0, 0.2))
+    parts = [(slice(0, 2), 5), (slice(2, 5), 6)]
+
+    def runs() -> GeneratorRuns:
+        return GeneratorRuns((2, 3), tuple(torch.Generator().manual_seed(seed) for _, seed in parts))
+
+    joint_z = backend.expvals(weights, x, noise, runs())
+    joint_loss, joint_grad = backend.loss_and_grad(params, x, y, mask, noise, runs())
+    for rows, seed in parts:
+        sub = noise.select(range(5)[rows])
+        z = backend.expvals(weights[rows], x[rows], sub, torch.Generator().manual_seed(seed))
+        loss, grad = backend.loss_and_grad(
+            params[rows], x[rows], y[rows], mask[rows], sub, torch.Generator().manual_seed(seed)
+        )
+        assert torch.equal(joint_z[rows], z) and torch.equal(joint_loss[rows], loss)
+        assert torch.equal(joint_grad[rows], grad)
+    with pytest.raises(ValueError, match="runs cover 4 clients"):
+        backend.expvals(weights, x, noise, GeneratorRuns((1, 3), runs().generators))
+
+
+def test_prepared_inputs_give_the_same_bits() -> None:
+    """``states=embed_inputs(x)`` (prepared once for fixed data) changes no value of a call; other engines: None."""
+    spec = CircuitSpec(3, 2)
+    backend = make_backend(spec, BackendConfig())
+    weights, x = draw(spec, 3, 5, 4)
+    states = backend.embed_inputs(x)
+    assert backend.engine == "unitary" and states is not None and states.shape == (3, 5, 8)
+    y, mask = torch.zeros(3, 5, dtype=torch.long), torch.ones(3, 5, dtype=torch.float64)
+    params = torch.cat((weights.detach().flatten(1), torch.ones(3, spec.n_readout_params, dtype=torch.float64)), 1)
+    noise = ClientNoise((None, 50, 9), (0.0,) * 3, (0.0, 0.1, 0.0))
+    runs = []
+    for kwargs in ({}, {"states": states}):
+        z = backend.expvals(weights.detach(), x, noise, torch.Generator().manual_seed(1), **kwargs)
+        loss, grad = backend.loss_and_grad(params, x, y, mask, noise, torch.Generator().manual_seed(1), **kwargs)
+        runs.append((z, loss, grad))
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+    backend.engine = "dense"
+    assert backend.embed_inputs(x) is None
 
 
 def test_shots_straight_through_gradient() -> None:

@@ -27,8 +27,8 @@ def _actions(space: gym.spaces.Space, n_envs: int, n_steps: int, seed: int) -> l
     return out
 
 
-def _vector(n_envs: int, **kwargs: object) -> QFLVectorEnv:
-    env = gym.make_vec(ENV_ID, num_envs=n_envs, vectorization_mode="vector_entry_point", config=CONFIG, **kwargs)
+def _vector(n_envs: int, env_id: str = ENV_ID, **kwargs: object) -> QFLVectorEnv:
+    env = gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", config=CONFIG, **kwargs)
     assert isinstance(env, QFLVectorEnv)
     return env
 
@@ -41,9 +41,10 @@ def test_make_vec_uses_the_registered_vector_entry_point() -> None:
     assert env.observation_space.contains(obs) and info["_round"].all()
 
 
-def test_sub_envs_match_single_envs_bit_for_bit_with_resets_at_different_times() -> None:
+@pytest.mark.parametrize("env_id", [ENV_ID, "QFL/FullControl-v1"])  # v1: every client has finite shots
+def test_sub_envs_match_single_envs_bit_for_bit_with_resets_at_different_times(env_id: str) -> None:
     n_envs, n_steps = 3, 14
-    vec = _vector(n_envs)
+    vec = _vector(n_envs, env_id)
     single_space = vec.single_action_space
     single_space.seed(0)
     actions = _actions(single_space, n_envs, n_steps, seed=0)
@@ -52,7 +53,7 @@ def test_sub_envs_match_single_envs_bit_for_bit_with_resets_at_different_times()
     ends = np.array([s[2] | s[3] for s in vec_steps])
     assert ends.any(axis=0).all() and len({tuple(np.flatnonzero(col)) for col in ends.T}) > 1  # resets differ
     for i in range(n_envs):
-        env = gym.make(ENV_ID, config=CONFIG)
+        env = gym.make(env_id, config=CONFIG)
         single_obs, _ = env.reset(seed=10 + i)
         assert data_equivalence(single_obs, obs[i], exact=True)
         done = False

@@ -94,8 +94,10 @@ class ClientNoise:
 
     @classmethod
     def concat(cls, parts: Sequence[ClientNoise]) -> ClientNoise:
-        """The clients of all ``parts`` in order (validated once: linear in the total client count)."""
-        return cls(
+        """The clients of all ``parts`` in order (valid parts make a valid whole: not validated again)."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls._valid(
             tuple(s for part in parts for s in part.shots),
             tuple(p for part in parts for p in part.depolarizing),
             tuple(r for part in parts for r in part.readout_error),
@@ -104,11 +106,53 @@ class ClientNoise:
     def select(self, indices: Sequence[int]) -> ClientNoise:
         """The noise of the clients at ``indices``, in that order."""
         idx = [int(i) for i in indices]
-        return ClientNoise(
+        return ClientNoise._valid(
             tuple(self.shots[i] for i in idx),
             tuple(self.depolarizing[i] for i in idx),
             tuple(self.readout_error[i] for i in idx),
         )
+
+    @classmethod
+    def _valid(
+        cls, shots: tuple[int | None, ...], depolarizing: tuple[float, ...], readout_error: tuple[float, ...]
+    ) -> ClientNoise:
+        """A noise of entries taken from valid noises (normalized and checked already), without checking again."""
+        noise = object.__new__(cls)
+        object.__setattr__(noise, "shots", shots)
+        object.__setattr__(noise, "depolarizing", depolarizing)
+        object.__setattr__(noise, "readout_error", readout_error)
+        return noise
+
+
+@dataclass(frozen=True)
+class GeneratorRuns:
+    """The sources of randomness of one backend call over the clients of several federations.
+
+    The first ``sizes[0]`` clients (the leading ``C`` dimension) draw from ``generators[0]``, the next
+    ``sizes[1]`` from ``generators[1]``, and so on: every federation's draws are those it would make alone.
+
+    Raises:
+        ValueError: If the tuples differ in length or a size is negative.
+    """
+
+    sizes: tuple[int, ...]
+    generators: tuple[torch.Generator, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.sizes) != len(self.generators) or any(n < 0 for n in self.sizes):
+            raise ValueError(
+                f"GeneratorRuns: sizes (>= 0) and generators need one entry per run; got sizes {self.sizes} "
+                f"for {len(self.generators)} generators"
+            )
+
+    @classmethod
+    def of(cls, generator: torch.Generator | GeneratorRuns, n_clients: int) -> GeneratorRuns:
+        """``generator`` as runs: one generator for all ``n_clients`` clients, or the runs as they are."""
+        return generator if isinstance(generator, GeneratorRuns) else cls((n_clients,), (generator,))
+
+
+Generators = torch.Generator | GeneratorRuns
+"""The ``generator`` argument of a backend call: one generator, or per-federation runs (see :class:`GeneratorRuns`)."""
 
 
 class Backend(abc.ABC):
@@ -124,15 +168,32 @@ class Backend(abc.ABC):
 
     #: Registry name of the backend.
     name: ClassVar[str] = ""
+    #: Whether calls accept :class:`GeneratorRuns` (clients of several federations, each drawing from its own
+    #: generator); otherwise :mod:`qflgym.qfl_core.batched` gives every federation with finite shots its own call.
+    shares_generators: ClassVar[bool] = False
 
     def __init__(self, spec: CircuitSpec, config: BackendConfig) -> None:
         self.spec = spec
         self.config = config
         self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
 
+    def embed_inputs(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The per-sample input this backend's simulation starts from, prepared once for fixed data ``x [C, B, F]``.
+
+        A caller whose features do not change (a client's data set, an evaluation set) passes it (or rows of it,
+        gathered like ``x``) as ``states`` with ``x``; the backend then skips preparing it per call, with the
+        same bits. ``None`` (this default) when the backend prepares nothing.
+        """
+        return None
+
     @abc.abstractmethod
     def expvals(
-        self, weights: torch.Tensor, x: torch.Tensor, noise: ClientNoise, generator: torch.Generator
+        self,
+        weights: torch.Tensor,
+        x: torch.Tensor,
+        noise: ClientNoise,
+        generator: Generators,
+        states: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Pauli-Z expectations of every qubit for every client and sample.
 
@@ -141,7 +202,9 @@ class Backend(abc.ABC):
             x: ``[C, B, F]`` features, ``B`` samples per client: ``F = Q`` rotation angles, or ``F = 2^Q`` unit-norm
                 amplitudes (``spec.embedding == "amplitude"``).
             noise: Shots and noise of the ``C`` clients.
-            generator: The source of all sampling randomness (shots).
+            generator: The source of all sampling randomness (shots); :class:`GeneratorRuns` only where
+                :attr:`shares_generators`.
+            states: :meth:`embed_inputs` of ``x`` (only passed where it is not ``None``).
 
         Returns:
             ``[C, B, Q]`` expectations, differentiable w.r.t. ``weights`` by autograd. With finite shots the
@@ -155,7 +218,8 @@ class Backend(abc.ABC):
         y: torch.Tensor,
         mask: torch.Tensor,
         noise: ClientNoise,
-        generator: torch.Generator,
+        generator: Generators,
+        states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each client's training loss on its batch and its gradient w.r.t. that client's flat parameters.
 
@@ -168,7 +232,9 @@ class Backend(abc.ABC):
             y: ``[C, B]`` labels.
             mask: ``[C, B]`` 1 for real samples, 0 for padding.
             noise: Shots and noise of the ``C`` clients.
-            generator: The source of all sampling randomness (shots).
+            generator: The source of all sampling randomness (shots); :class:`GeneratorRuns` only where
+                :attr:`shares_generators`.
+            states: :meth:`embed_inputs` of ``x`` (only passed where it is not ``None``).
 
         Returns:
             ``loss [C]`` (no gradient attached) and ``grad [C, P]``.
@@ -176,7 +242,8 @@ class Backend(abc.ABC):
         with torch.enable_grad():
             leaf = params.detach().requires_grad_(True)
             weights, readout = self.spec.split(leaf)
-            loss = masked_cross_entropy(self.spec.logits(self.expvals(weights, x, noise, generator), readout), y, mask)
+            z = self.expvals(weights, x, noise, generator, **({} if states is None else {"states": states}))
+            loss = masked_cross_entropy(self.spec.logits(z, readout), y, mask)
             (grad,) = torch.autograd.grad(loss.sum(), leaf)
         return loss.detach(), grad
 

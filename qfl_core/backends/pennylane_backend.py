@@ -93,9 +93,17 @@ class PennyLaneBackend(Backend):
         return z.reshape(n_clients, batch, -1).to(weights.dtype)
 
     def expvals(
-        self, weights: torch.Tensor, x: torch.Tensor, noise: ClientNoise, generator: torch.Generator
+        self,
+        weights: torch.Tensor,
+        x: torch.Tensor,
+        noise: ClientNoise,
+        generator: torch.Generator,
+        states: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Pauli-Z expectations ``[C, B, Q]`` (see :meth:`Backend.expvals`); clients are evaluated in turn."""
+        """Pauli-Z expectations ``[C, B, Q]`` (see :meth:`Backend.expvals`); clients are evaluated in turn.
+
+        ``states`` is never passed (this backend prepares no inputs: :meth:`Backend.embed_inputs` is ``None``).
+        """
         self.check_inputs(weights, x, noise)
         if weights.shape[0] == 0:
             return weights.new_zeros(0, x.shape[1], self.spec.n_qubits)

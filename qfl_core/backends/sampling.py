@@ -20,7 +20,7 @@ import functools
 import numpy as np
 import torch
 
-from qflgym.qfl_core.backends.base import ClientNoise
+from qflgym.qfl_core.backends.base import ClientNoise, GeneratorRuns, Generators
 from qflgym.qfl_core.circuits import z_signs
 
 
@@ -39,7 +39,7 @@ def sample_counts(probs: torch.Tensor, shots: torch.Tensor, generator: torch.Gen
     Returns:
         ``[N, 2^Q]`` counts (floating point, integral values, on the CPU) summing to ``shots`` per row.
     """
-    return torch.from_numpy(_sample_counts(_numpy(probs), _numpy(shots), generator))
+    return torch.from_numpy(_sample_counts(_numpy(probs), _numpy(shots), [(len(probs), generator)]))
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -55,25 +55,46 @@ def _binomial(counts: np.ndarray, p_one: np.ndarray, generator: torch.Generator)
     return _numpy(draws)
 
 
-def _sample_counts(probs: np.ndarray, shots: np.ndarray, generator: torch.Generator) -> np.ndarray:
-    """:func:`sample_counts` on arrays: ``[N, 2^Q]`` counts of the same dtype as ``probs``."""
-    n, dim = probs.shape
+def _binomial_runs(counts: np.ndarray, p_one: np.ndarray, runs: list[tuple[int, torch.Generator]]) -> np.ndarray:
+    """:func:`_binomial` of consecutive row runs, each ``(rows, generator)`` from its own generator, in order."""
+    if len(runs) == 1:
+        return _binomial(counts, np.ascontiguousarray(p_one), runs[0][1])
+    ones = np.empty(p_one.shape, dtype=p_one.dtype)
+    start = 0
+    for rows, generator in runs:
+        stop = start + rows
+        ones[start:stop] = _binomial(counts[start:stop], np.ascontiguousarray(p_one[start:stop]), generator)
+        start = stop
+    return ones
+
+
+def _sample_counts(probs: np.ndarray, shots: np.ndarray, runs: list[tuple[int, torch.Generator]]) -> np.ndarray:
+    """:func:`sample_counts` on arrays: ``[N, 2^Q]`` counts of the same dtype as ``probs``.
+
+    ``runs`` splits the ``N`` rows into consecutive ``(rows, generator)`` runs, each drawn from its generator.
+    """
+    return _sample_counts_t(np.ascontiguousarray(probs.T), shots, runs)
+
+
+def _sample_counts_t(probs_t: np.ndarray, shots: np.ndarray, runs: list[tuple[int, torch.Generator]]) -> np.ndarray:
+    """:func:`_sample_counts` of the transposed probabilities ``[2^Q, N]`` (the rows innermost: long loops)."""
+    dim, n = probs_t.shape
     n_qubits = dim.bit_length() - 1
-    marginal = np.maximum(probs, 0.0)
-    marginals = [marginal]
-    for _ in range(n_qubits):  # pair sums a + b: the distribution of one bit fewer
-        marginal = marginal[:, 0::2] + marginal[:, 1::2]
-        marginals.append(marginal)
-    marginals.reverse()  # marginals[k]: [N, 2^k] distribution of the first k bits
-    # p(next bit = 1 | prefix) of every level at once: [N, 1 + 2 + ... + 2^(Q-1)]
-    total = np.concatenate(marginals[:-1], axis=1)
-    ones_mass = np.concatenate([m[:, 1::2] for m in marginals[1:]], axis=1)
-    p_one = np.where(total > 0, ones_mass / np.maximum(total, np.finfo(probs.dtype).tiny), 0.0)
-    p_one = np.minimum(p_one, 1.0).astype(probs.dtype, copy=False)  # in [0, 1] already (monotone rounding)
-    counts = np.ascontiguousarray(shots, dtype=probs.dtype).reshape(n, 1)
+    # the marginals as a tree: level k (the distribution of the first k bits) in rows [2^k - 1, 2^(k+1) - 1)
+    tree = np.empty((2 * dim - 1, n), dtype=probs_t.dtype)
+    np.maximum(probs_t, 0.0, out=tree[dim - 1 :])
+    for k in reversed(range(n_qubits)):  # pair sums a + b: the distribution of one bit fewer
+        finer = tree[2 ** (k + 1) - 1 : 2 ** (k + 2) - 1]
+        np.add(finer[0::2], finer[1::2], out=tree[2**k - 1 : 2 ** (k + 1) - 1])
+    # p(next bit = 1 | prefix) of every level at once: [1 + 2 + ... + 2^(Q-1), N]; the ones' masses (the odd
+    # entries of levels 1..Q) are the even rows from 2 on
+    total, ones_mass = tree[: dim - 1], tree[2::2]
+    p_one = np.where(total > 0, ones_mass / np.maximum(total, np.finfo(probs_t.dtype).tiny), 0.0)
+    p_one = np.minimum(p_one, 1.0).astype(probs_t.dtype, copy=False)  # in [0, 1] already (monotone rounding)
+    counts = np.ascontiguousarray(shots, dtype=probs_t.dtype).reshape(n, 1)
     for k in range(n_qubits):
-        ones = _binomial(counts, np.ascontiguousarray(p_one[:, 2**k - 1 : 2 ** (k + 1) - 1]), generator)
-        split = np.empty((n, 2**k, 2), dtype=probs.dtype)
+        ones = _binomial_runs(counts, p_one[2**k - 1 : 2 ** (k + 1) - 1].T, runs)
+        split = np.empty((n, 2**k, 2), dtype=probs_t.dtype)
         np.subtract(counts, ones, out=split[..., 0])
         split[..., 1] = ones
         counts = split.reshape(n, 2 ** (k + 1))
@@ -81,27 +102,18 @@ def _sample_counts(probs: np.ndarray, shots: np.ndarray, generator: torch.Genera
 
 
 @functools.cache
-def _bit_flips(n_qubits: int) -> tuple[np.ndarray, ...]:
-    """For each qubit (wire 0 first), the basis index with that qubit's bit flipped: ``Q x [2^Q]``."""
-    index = np.arange(2**n_qubits)
-    return tuple(index ^ (1 << (n_qubits - 1 - q)) for q in range(n_qubits))
-
-
-@functools.cache
 def _signs(n_qubits: int) -> np.ndarray:
     return z_signs(n_qubits)
 
 
-def shot_estimates(
-    z: torch.Tensor, probs: torch.Tensor, noise: ClientNoise, generator: torch.Generator
-) -> torch.Tensor:
+def shot_estimates(z: torch.Tensor, probs: torch.Tensor, noise: ClientNoise, generator: Generators) -> torch.Tensor:
     """Replace the values of clients with finite shots by shot estimates (straight-through gradient).
 
     Args:
         z: ``[C, B, Q]`` exact expectations (after readout noise), possibly with a gradient.
         probs: ``[C, B, 2^Q]`` outcome probabilities in the true basis (before readout noise).
         noise: The clients' shots and readout errors.
-        generator: The source of the draws (on its device).
+        generator: The source of the draws (on its device), or :class:`GeneratorRuns` over the clients.
 
     Returns:
         ``[C, B, Q]``: shot estimates where ``noise.shots`` is finite, ``z`` elsewhere; gradient that of ``z``
@@ -112,7 +124,7 @@ def shot_estimates(
     # the rows with shots, as a slice when they come first (the common case: the trained clients' rows)
     rows: slice | list[int] = slice(0, len(chosen)) if chosen == list(range(len(chosen))) else chosen
     with torch.no_grad():
-        sampled = _shot_means(_numpy(probs[rows]), noise, chosen, generator)
+        sampled = _shot_means(_numpy(probs[rows]), noise, chosen, _chosen_runs(generator, chosen, n_clients))
         sampled = torch.from_numpy(sampled.reshape(len(chosen), batch, q)).to(z.device)
         if len(chosen) < n_clients:
             values = z.detach().clone()
@@ -124,16 +136,39 @@ def shot_estimates(
     return values + (z - z.detach())
 
 
-def _shot_means(probs: np.ndarray, noise: ClientNoise, chosen: list[int], generator: torch.Generator) -> np.ndarray:
-    """``[C' B, Q]`` shot means of the clients ``chosen`` from their true-basis ``probs [C', B, D]``."""
+def _chosen_runs(generator: Generators, chosen: list[int], n_clients: int) -> list[tuple[int, torch.Generator]]:
+    """``(clients, generator)`` runs over the ``chosen`` clients (ascending) of a call over ``n_clients``."""
+    runs = GeneratorRuns.of(generator, n_clients)
+    out, start, index = [], 0, 0
+    for size, gen in zip(runs.sizes, runs.generators, strict=True):
+        stop, begin = start + size, index
+        while index < len(chosen) and chosen[index] < stop:
+            index += 1
+        if index > begin:
+            out.append((index - begin, gen))
+        start = stop
+    if start != n_clients:
+        raise ValueError(f"generator: the runs cover {start} clients, the call has {n_clients}")
+    return out
+
+
+def _shot_means(
+    probs: np.ndarray, noise: ClientNoise, chosen: list[int], runs: list[tuple[int, torch.Generator]]
+) -> np.ndarray:
+    """``[C' B, Q]`` shot means of the clients ``chosen`` from their true-basis ``probs [C', B, D]``.
+
+    ``runs`` are consecutive ``(clients, generator)`` runs over the chosen clients.
+    """
     n_chosen, batch, dim = probs.shape
     q = dim.bit_length() - 1
+    probs_t = np.ascontiguousarray(probs.reshape(n_chosen * batch, dim).T)  # [D, C' B]
     flips = [noise.readout_error[c] for c in chosen]
     if any(flips):  # per-qubit confusion, qubit by qubit: p(b) -> (1 - r) p(b) + r p(b with bit q flipped)
-        r = np.array(flips, dtype=probs.dtype).reshape(-1, 1, 1)
-        keep = 1 - r
-        for flipped in _bit_flips(q):
-            probs = keep * probs + r * probs[..., flipped]
+        r = np.repeat(np.array(flips, dtype=probs.dtype), batch)
+        keep = np.repeat(1 - np.array(flips, dtype=probs.dtype), batch)
+        for qubit in range(q):  # bit q flipped: the reversed axis of [2^q, 2, 2^(Q-1-q), C' B] (a view)
+            split = probs_t.reshape(2**qubit, 2, -1, n_chosen * batch)
+            probs_t = (keep * split + r * split[:, ::-1]).reshape(dim, -1)
     shots = np.repeat(np.array([float(noise.shots[c]) for c in chosen], dtype=probs.dtype), batch)
-    counts = _sample_counts(probs.reshape(n_chosen * batch, dim), shots, generator)
+    counts = _sample_counts_t(probs_t, shots, [(n * batch, g) for n, g in runs])
     return (counts @ _signs(q).astype(probs.dtype, copy=False)) / shots[:, None]

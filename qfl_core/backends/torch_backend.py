@@ -21,10 +21,11 @@ raises a ``ValueError`` rather than silently returning no gradient for them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from qflgym.qfl_core.backends.base import Backend, ClientNoise
+from qflgym.qfl_core.backends.base import Backend, ClientNoise, Generators
 from qflgym.qfl_core.backends.linalg import COMPLEX
 from qflgym.qfl_core.backends.pauli import PauliTransferSimulator
 from qflgym.qfl_core.backends.sampling import shot_estimates
@@ -59,6 +60,7 @@ class TorchBackend(Backend):
     """
 
     name = "torch"
+    shares_generators = True
 
     #: Largest ``Q`` simulated through each client's unitary (without re-uploading).
     unitary_max_qubits: int = 5
@@ -85,8 +87,31 @@ class TorchBackend(Backend):
             self._engines[self.engine] = ENGINES[self.engine](self.spec)
         return self._engines[self.engine]
 
+    def embed_inputs(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The unitary engine's real amplitudes of the embedded ``x`` (see :meth:`Backend.embed_inputs`).
+
+        ``None`` for the other engines, and for amplitude embedding (whose input is the state already).
+        """
+        if self.engine != "unitary" or self.spec.embedding == "amplitude":
+            return None
+        return self.statevector.embed(x)
+
+    def _noiseless(
+        self, weights: torch.Tensor, x: torch.Tensor, save: bool, states: torch.Tensor | None
+    ) -> tuple[torch.Tensor, Any]:
+        """The engine's forward; ``states`` (see :meth:`embed_inputs`) where the unitary engine can take them."""
+        simulator = self.statevector
+        if states is not None and isinstance(simulator, UnitarySimulator) and states.dtype == weights.dtype:
+            return simulator.forward(weights, x, save=save, states=states)
+        return simulator.forward(weights, x, save=save)
+
     def expvals(
-        self, weights: torch.Tensor, x: torch.Tensor, noise: ClientNoise, generator: torch.Generator
+        self,
+        weights: torch.Tensor,
+        x: torch.Tensor,
+        noise: ClientNoise,
+        generator: Generators,
+        states: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Pauli-Z expectations ``[C, B, Q]`` (see :meth:`Backend.expvals` and the module docstring).
 
@@ -120,7 +145,7 @@ class TorchBackend(Backend):
             if torch.is_grad_enabled() and weights.requires_grad:
                 z, psi = NoiselessCircuit.apply(weights, simulator, x)
             else:
-                z, saved = simulator.forward(weights.detach(), x, save=False)
+                z, saved = self._noiseless(weights.detach(), x, False, states)
                 psi = saved.psi
             if noise.has_shots:
                 probs = simulator.probabilities(psi)
@@ -138,7 +163,8 @@ class TorchBackend(Backend):
         y: torch.Tensor,
         mask: torch.Tensor,
         noise: ClientNoise,
-        generator: torch.Generator,
+        generator: Generators,
+        states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss ``[C]`` and gradient ``[C, P]`` (see :meth:`Backend.loss_and_grad`) without autograd.
 
@@ -148,13 +174,13 @@ class TorchBackend(Backend):
         :func:`~qflgym.qfl_core.backends.sampling.shot_estimates`. Depolarizing noise takes the autograd default.
         """
         if any(noise.depolarizing) or params.dtype not in COMPLEX:
-            return super().loss_and_grad(params, x, y, mask, noise, generator)
+            return super().loss_and_grad(params, x, y, mask, noise, generator, states)
         weights, readout = self.spec.split(params.detach())
         self.check_inputs(weights, x, noise)
         if x.shape[0] == 0 or x.shape[1] == 0:
             return params.new_zeros(x.shape[0]), torch.zeros_like(params)
         simulator = self.statevector
-        z, saved = simulator.forward(weights, x.detach().to(params.dtype), save=True)
+        z, saved = self._noiseless(weights, x.detach().to(params.dtype), True, states)
         scale = None
         if any(noise.readout_error):
             scale = torch.tensor([1.0 - 2.0 * r for r in noise.readout_error], dtype=z.dtype).view(-1, 1, 1)

@@ -63,14 +63,28 @@ class UnitarySimulator:
         phase = const["embed_phase"]
         return torch.ones_like(phase) if self.spec.embedding == "amplitude" else phase
 
-    def forward(self, weights: torch.Tensor, x: torch.Tensor, save: bool = True) -> tuple[torch.Tensor, UnitarySaved]:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The real amplitudes ``r(x) [C, B, D]`` of the embedded inputs (the angles' phase is in the unitary)."""
+        if self.spec.embedding == "amplitude":  # the input is the (real) state itself
+            return x.contiguous()
+        n_clients, batch, q = x.shape
+        const = self._dense.const(x.dtype, x.device)
+        with torch.no_grad():
+            cs = torch.cos(x.unsqueeze(-1) * 0.5 - const["half_pi"])  # [C, B, Q, 2]: cos(x/2), sin(x/2)
+            index = self._dense.layout(batch, x.device)["embed"].expand(n_clients, -1)
+            return cs.view(n_clients, -1).gather(1, index).view(n_clients, batch, 2**q, q).prod(-1)
+
+    def forward(
+        self, weights: torch.Tensor, x: torch.Tensor, save: bool = True, states: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, UnitarySaved]:
         """``z [C, B, Q]`` and the intermediates, without autograd.
 
         With ``save=False`` (no backward to come) consecutive rows with equal weights share one unitary, e.g. the
         rows of an evaluation set that all hold the global model; the intermediates are then those of the
-        distinct rows (each row's bits are those it gets alone, so sharing changes no value).
+        distinct rows (each row's bits are those it gets alone, so sharing changes no value). ``states`` is
+        :meth:`embed` of ``x`` when the caller has it already.
         """
-        n_clients, batch = x.shape[0], x.shape[1]
+        n_clients = x.shape[0]
         inverse = None
         if not save and n_clients > 1:  # runs of equal rows (cheaper to find than torch.unique's sorted rows)
             flat = weights.reshape(n_clients, -1)
@@ -94,12 +108,7 @@ class UnitarySimulator:
             unitary_t = torch.view_as_real(partial[-1]).view(n_models, dim, 2 * dim)
             if inverse is not None:
                 unitary_t = unitary_t[inverse]
-            if self.spec.embedding == "amplitude":  # the input is the (real) state itself
-                amplitudes = x.contiguous()
-            else:
-                cs = torch.cos(x.unsqueeze(-1) * 0.5 - const["half_pi"])  # [C, B, Q, 2]: cos(x/2), sin(x/2)
-                index = self._dense.layout(batch, weights.device)["embed"].expand(n_clients, -1)
-                amplitudes = cs.view(n_clients, -1).gather(1, index).view(n_clients, batch, dim, q).prod(-1)
+            amplitudes = self.embed(x) if states is None else states
             psi = torch.bmm(amplitudes, unitary_t)
             z = rowwise_matmul(psi * psi, const["signs2"])
         return z, UnitarySaved(weights.shape, angles, cos, rot, bt_mats, partial, amplitudes, psi)

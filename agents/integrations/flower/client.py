@@ -131,7 +131,8 @@ def make_client_app(federation: FederationLike) -> ClientApp:
         generator = client_generator(seed, int(config.get("server-round", 0)), cid)
         fit = fed.pool.fit(params, np.array([cid]), _fit_config(config), generator)
         with torch.no_grad():
-            loss_after = fed.pool.loss(fit.params, *fit.first_batch, fit.noise, generator)
+            first = fit.first_batch
+            loss_after = fed.pool.loss(fit.params, first.x, first.y, first.mask, fit.noise, generator)
         metrics = MetricRecord(
             {
                 "client-id": cid,
