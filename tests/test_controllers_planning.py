@@ -201,13 +201,15 @@ def test_cost_aware_loss_weight_prefers_the_clients_the_model_fits_worst():
 
     env = gym.make(TINY, config={"federation": {"clients": {"availability": 1.0}}})
     obs, _ = env.reset(seed=0)
-    for _ in range(3):  # some clients train, so their last_loss drops below the unseen clients' 1
-        obs, *_ = env.step(env.action_space.sample())
+    first = np.where(np.arange(env.action_space.shape[0]) == 0, 1.0, -1.0).astype(np.float32)
+    obs, *_ = env.step(first)  # client 0 trains, so its last_loss drops below the unseen clients' 1
     view = _view(env, obs)
     loss = view.client("last_loss")
     assert loss.min() < loss.max()
     static = dict(time_weight=0.0, shot_weight=0.0, noise_weight=0.0)
-    worst = CostAware(_facts(env), k=1, loss_weight=1e6, **static).select(view, {}, np.random.default_rng(0))
+    rule = CostAware(_facts(env), k=1, loss_weight=1e6, **static)
+    np.testing.assert_allclose(rule.costs(view)[2], -1e6 * loss)  # the members' term: minus the weighted loss
+    worst = rule.select(view, {}, np.random.default_rng(0))
     assert loss[worst].item() == loss.max()
     blind = CostAware(_facts(env), k=1, **static).select(view, {}, np.random.default_rng(0))
     labels = LabelComplement(_facts(env), k=1).select(view, {}, np.random.default_rng(0))
