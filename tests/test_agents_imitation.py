@@ -118,6 +118,14 @@ def test_pretrain_runs_dagger_rounds_on_fresh_seeds() -> None:
     assert result.steps > 0
 
 
+
+@pytest.mark.parametrize(("dagger_epochs", "one_pass"), [(1, True), (None, False)])
+def test_dagger_refits_run_dagger_epochs_passes(dagger_epochs: int | None, one_pass: bool) -> None:
+    env = gym.make(ENV)
+    cfg = PretrainConfig(**TEACHER, episodes=2, epochs=3, dagger_iterations=1, dagger_episodes=1)
+    result = pretrain(_model(env), env, cfg.model_copy(update={"dagger_epochs": dagger_epochs}), seed=7)
+    assert (result.clone.first_loss == result.clone.last_loss) is one_pass  # the last fit is the refit
+
 def _clone_only(tmp_path, hyperparams: str, pretrain: dict):
     """``train`` with ``timesteps=0``: the cloned policy is the run's model."""
     settings = {"timesteps": 0, "out": str(tmp_path), "eval_freq": 0, "save_freq": 0, "tensorboard": False}
@@ -173,6 +181,8 @@ def test_pretrain_config_names_bad_fields() -> None:
         PretrainConfig(teacher="cost-aware", learning_rate=float("nan"))
     with pytest.raises(ValueError, match="dagger_iterations"):
         PretrainConfig(teacher="cost-aware", dagger_iterations=-1)
+    with pytest.raises(ValueError, match="dagger_epochs"):
+        PretrainConfig(teacher="cost-aware", dagger_epochs=0)
 
 
 def test_the_packaged_clone_recipe_trains_a_fixed_size_cohort_policy(tmp_path) -> None:

@@ -62,7 +62,11 @@ class PretrainConfig(StrictModel):
     end (they are where the cloned policy's own failures, e.g. a repeated cohort, get labelled). The critic is
     fit on complete episodes only (a cut episode has no return-to-go)."""
     epochs: int = Field(30, ge=1)
-    """Passes over the demonstrations."""
+    """Passes over the demonstrations (the first fit)."""
+    dagger_epochs: int | None = Field(None, ge=1)
+    """Passes over all the demonstrations in each DAgger refit (None: ``epochs``). A refit starts from the
+    previous fit's weights, and each round adds a fraction of new steps, so a few passes may suffice; the fits
+    are most of a clone's time."""
     batch_size: int = Field(256, ge=1)
     """Minibatch size."""
     learning_rate: float = Field(1e-3, gt=0, allow_inf_nan=False)
@@ -225,12 +229,14 @@ def collect_demonstrations(
     )
 
 
-def behaviour_clone(policy: Any, demos: Demonstrations, cfg: PretrainConfig, seed: int) -> CloneResult:
+def behaviour_clone(
+    policy: Any, demos: Demonstrations, cfg: PretrainConfig, seed: int, epochs: int | None = None
+) -> CloneResult:
     """Fit ``policy`` (an SB3 ``ActorCriticPolicy``) to the teacher's actions and returns.
 
     Loss per minibatch: ``-mean log pi(a_teacher | s) + value_coef * mean (V(s) - G)^2`` (the value term over
     the steps with a return, see :attr:`PretrainConfig.episode_steps`), Adam with ``cfg.learning_rate`` over
-    ``cfg.epochs`` shuffled passes (order from ``seed``). With ``cfg.loss == "listwise"`` the actor term is the
+    ``epochs`` shuffled passes (order from ``seed``). With ``cfg.loss == "listwise"`` the actor term is the
     listwise loss of :attr:`PretrainConfig.loss` instead (reported in ``first_loss``/``last_loss``).
 
     Args:
@@ -238,6 +244,7 @@ def behaviour_clone(policy: Any, demos: Demonstrations, cfg: PretrainConfig, see
         demos: From :func:`collect_demonstrations`.
         cfg: The cloning settings.
         seed: Seed of the minibatch order.
+        epochs: Passes over the demonstrations (None: ``cfg.epochs``).
 
     Raises:
         ConfigError: ``loss: listwise`` for a policy whose action is not a Gaussian over client scores.
@@ -257,7 +264,7 @@ def behaviour_clone(policy: Any, demos: Demonstrations, cfg: PretrainConfig, see
     n = obs.shape[0]
     epoch_losses = []
     policy.set_training_mode(True)
-    for _ in range(cfg.epochs):
+    for _ in range(cfg.epochs if epochs is None else epochs):
         order = torch.randperm(n, generator=generator).to(device)
         total = 0.0
         for start in range(0, n, cfg.batch_size):
@@ -359,7 +366,7 @@ def pretrain(
             visited = collect(cfg.episodes + r * cfg.dagger_episodes, cfg.dagger_episodes, actor=model)
             dagger_objectives.append(float(np.mean(visited.objectives)))
             demos = demos.extend(visited)
-            clone = behaviour_clone(model.policy, demos, cfg, seed + r + 1)
+            clone = behaviour_clone(model.policy, demos, cfg, seed + r + 1, epochs=cfg.dagger_epochs)
             bar.advance(fit_task)
     return PretrainResult(len(demos.returns), teacher_objective, dagger_objectives, clone, time.perf_counter() - start)
 
