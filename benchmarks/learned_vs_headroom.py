@@ -3,7 +3,8 @@ r"""A trained controller against the tuned baselines and the oracle of ``benchma
 Evaluates ``--controller`` (default ``sb3`` with ``--kwargs '{path: RUN}'``) on the evaluation seeds of a
 headroom result and compares it with the reference (the tuned naive baseline) on the same seeds: the mean
 objective and its CI, the per-seed saving with its CI, the probability of improvement, and the share of the
-oracle's saving it reaches.
+oracle's saving it reaches (n/a for a result without an oracle row, e.g. a ``benchmarks/transfer.py`` one, unless
+``--oracle`` names one).
 
     python benchmarks/learned_vs_headroom.py benchmarks/results/headroom/client_selection_v1.json \\
         --env QFL/ClientSelection-v1 --kwargs '{path: runs/results/ppo/cs-v1-equivariant, algo: ppo}' \\
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     keep = [i for i, s in enumerate(result["eval_seeds"]) if s not in set(args.skip_seeds)]
     seeds = [result["eval_seeds"][i] for i in keep]
     reference = np.array(controllers[preset["reference"]]["per_seed"])[keep]
-    oracle = next(c for label, c in controllers.items() if c["controller"] == "lookahead")
+    lookahead = [c for c in controllers.values() if c["controller"] == "lookahead"]
+    oracle_saving = lookahead[0]["saving_vs_reference"] if lookahead else float("nan")
     if args.oracle is not None:
         other = json.loads(args.oracle.read_text())
         by_seed = dict(zip(other["seeds"], other["per_seed"], strict=True))
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             parser.error(f"--oracle: no result for the evaluation seeds {missing[:5]}...")
         oracle_values = np.array([by_seed[s] for s in seeds])
-        oracle = {"saving_vs_reference": paired_comparison(reference, oracle_values).saving.value}
+        oracle_saving = paired_comparison(reference, oracle_values).saving.value
     env = gym.make(args.env)
     controller = make_controller(args.controller, env, seed=0, **parse_yaml(args.kwargs))
     values = np.array(
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     cmp = paired_comparison(reference, values)
-    share = cmp.saving.value / oracle["saving_vs_reference"] if oracle["saving_vs_reference"] > 0 else float("nan")
+    share = cmp.saving.value / oracle_saving if oracle_saving > 0 else float("nan")
     out = {
         "env": args.env,
         "controller": args.label,
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "ci_low": cmp.saving.low,
         "ci_high": cmp.saving.high,
         "probability_of_improvement": cmp.probability_of_improvement,
-        "oracle_saving": oracle["saving_vs_reference"],
+        "oracle_saving": oracle_saving,
         "share_of_oracle_saving": share,
         "seeds": seeds,
         "per_seed": values.tolist(),
@@ -93,14 +95,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.label} on {args.env}: objective {cmp.mean.value:.4g} [{cmp.mean.low:.4g}, {cmp.mean.high:.4g}], "
         f"saving vs {preset['reference']} {100 * cmp.saving.value:+.1f}% "
         f"[{100 * cmp.saving.low:+.1f}%, {100 * cmp.saving.high:+.1f}%], P(improve) "
-        f"{cmp.probability_of_improvement:.2f}, {100 * share:.0f}% of the oracle's saving "
-        f"({100 * oracle['saving_vs_reference']:+.1f}%), {cmp.n} seeds"
+        f"{cmp.probability_of_improvement:.2f}, {_share(share, oracle_saving)}, {cmp.n} seeds"
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1))
         write_result_record(args.json, args)
     return 0
+
+
+def _share(share: float, oracle_saving: float) -> str:
+    """``"87% of the oracle's saving (+73.3%)"``, or n/a without an oracle that saves anything."""
+    if np.isnan(share):
+        return "share of the oracle's saving n/a (no oracle result, or it saves nothing)"
+    return f"{100 * share:.0f}% of the oracle's saving ({100 * oracle_saving:+.1f}%)"
 
 
 if __name__ == "__main__":
