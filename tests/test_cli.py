@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from qflgym.agents.cli.commands import COMMANDS, USER_ERRORS, Command
 from qflgym.agents.cli.main import SINGLE_THREAD_ENV, build_parser, limit_native_threads, main
@@ -242,6 +243,40 @@ def test_demo_pipeline_on_the_tiny_preset(capsys, tmp_path):
         "objective.png",
     ]
     assert "| clone |" in out and "| cost-aware |" in out and str(bench / "results.md") in out
+
+
+def test_train_steps_batched_envs(capsys, tmp_path):
+    code, _, _ = run(
+        capsys,
+        "train",
+        "--algo",
+        "ppo",
+        "--env",
+        "QFL/ClientSelection-Tiny-v1",
+        "--vec-env",
+        "batched",
+        "--n-envs",
+        "2",
+        "--timesteps",
+        "32",
+        "--set",
+        "n_steps=16",
+        "batch_size=16",
+        "policy_kwargs=dict(net_arch=[16])",
+        "--eval-freq",
+        "0",
+        "--save-freq",
+        "0",
+        "--no-progress",
+        "--no-tensorboard",
+        "--out",
+        str(tmp_path),
+        "--run-name",
+        "batched",
+    )
+    assert code == 0
+    config = yaml.safe_load((tmp_path / "ppo" / "batched" / "config.yaml").read_text())
+    assert config["vec_env"] == "batched" and config["n_envs"] == 2
 
 
 def test_train_writes_a_run_directory(capsys, tmp_path):

@@ -35,7 +35,13 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the algorithm and training envs (default 0)")
     p.add_argument("--n-envs", type=int, help="vectorized training envs (default: the file's n_envs, else 1)")
-    p.add_argument("--vec-env", choices=("dummy", "subproc"), default="dummy", help="VecEnv class")
+    p.add_argument(
+        "--vec-env",
+        choices=("dummy", "subproc", "batched"),
+        default="dummy",
+        help="VecEnv class: dummy (sequential), subproc (a process per env) or batched (one process, every env's "
+        "round in shared simulator calls)",
+    )
     p.add_argument("--out", default="runs", help="parent folder of the run directory (default runs/)")
     p.add_argument("--run-name", help="run directory name (default <env>__s<seed>__<time>)")
     p.add_argument("--eval-freq", type=int, default=10_000, help="evaluate every N env steps (0: never)")

@@ -69,7 +69,8 @@ class TrainConfig(StrictModel):
     n_envs: int | None = Field(None, ge=1)
     """Number of vectorized training envs; default the file's ``n_envs`` (else 1)."""
     vec_env: Literal["dummy", "subproc", "batched"] = "dummy"
-    """VecEnv class: ``dummy`` (sequential, in process) or ``subproc`` (one process per env)."""
+    """VecEnv class: ``dummy`` (sequential, in process), ``subproc`` (one process per env) or ``batched`` (one
+    process, every env's round in shared simulator calls: :class:`qflgym.envs.sb3_vec_env.BatchedVecEnv`)."""
     out: str = "runs"
     """Parent folder of the run directory."""
     run_name: str | None = None
