@@ -29,8 +29,6 @@ import yaml
 from qflgym.runs import write_result_record
 
 ENV = "QFL/ClientSelection-v1"
-#: An episode that never reaches the target is censored at this cost (the preset's budget).
-CENSORED = 2000.0
 
 
 def suggest(trial: Any) -> dict[str, Any]:
@@ -45,8 +43,11 @@ def suggest(trial: Any) -> dict[str, Any]:
     }
 
 
-def validate(model_path: Path, seeds: list[int]) -> np.ndarray:
-    """The cloned policy's objective on each validation seed (deterministic actions)."""
+def validate(model_path: Path, seeds: list[int]) -> tuple[np.ndarray, int]:
+    """The cloned policy's objective on each validation seed (deterministic actions), and the censored count.
+
+    An episode is censored when it never reaches the target: its objective is then the env's cost budget.
+    """
     import gymnasium as gym
 
     import qflgym.envs  # noqa: F401
@@ -55,7 +56,8 @@ def validate(model_path: Path, seeds: list[int]) -> np.ndarray:
 
     env = gym.make(ENV)
     controller = make_controller("sb3", env, seed=0, path=str(model_path), algo="ppo")
-    return np.array([run_episode(env, controller, seed=s, deterministic=True).objective for s in seeds])
+    values = np.array([run_episode(env, controller, seed=s, deterministic=True).objective for s in seeds])
+    return values, int((values >= env.unwrapped.config.cost_budget).sum())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,14 +103,14 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 argv=[],
             )
-            values = validate(result.run_dir / "pretrained_model.zip", seeds)
+            values, censored = validate(result.run_dir / "pretrained_model.zip", seeds)
         row = {
             "number": trial.number,
             "params": trial.params,
             "pretrain": recipe,
             "mean": float(values.mean()),
             "median": float(np.median(values)),
-            "censored": int((values >= CENSORED).sum()),
+            "censored": censored,
             "train_seconds": result.pretrained.seconds,
             "per_seed": values.round(2).tolist(),
         }

@@ -245,34 +245,19 @@ def test_demo_pipeline_on_the_tiny_preset(capsys, tmp_path):
     assert "| clone |" in out and "| cost-aware |" in out and str(bench / "results.md") in out
 
 
+def _train(capsys, tmp_path, run_name: str, *argv: str):
+    """``qflgym train --algo ppo`` with ``argv``, quiet and without checkpoints, into ``tmp_path/ppo/run_name``."""
+    quiet = ("--save-freq", "0", "--no-progress", "--no-tensorboard")
+    return run(capsys, "train", "--algo", "ppo", *argv, *quiet, "--out", str(tmp_path), "--run-name", run_name)
+
+
 def test_train_steps_batched_envs(capsys, tmp_path):
-    code, _, _ = run(
+    code, _, _ = _train(
         capsys,
-        "train",
-        "--algo",
-        "ppo",
-        "--env",
-        "QFL/ClientSelection-Tiny-v1",
-        "--vec-env",
+        tmp_path,
         "batched",
-        "--n-envs",
-        "2",
-        "--timesteps",
-        "32",
-        "--set",
-        "n_steps=16",
-        "batch_size=16",
-        "policy_kwargs=dict(net_arch=[16])",
-        "--eval-freq",
-        "0",
-        "--save-freq",
-        "0",
-        "--no-progress",
-        "--no-tensorboard",
-        "--out",
-        str(tmp_path),
-        "--run-name",
-        "batched",
+        *("--env", "QFL/ClientSelection-Tiny-v1", "--vec-env", "batched", "--n-envs", "2", "--timesteps", "32"),
+        *("--set", "n_steps=16", "batch_size=16", "policy_kwargs=dict(net_arch=[16])", "--eval-freq", "0"),
     )
     assert code == 0
     config = yaml.safe_load((tmp_path / "ppo" / "batched" / "config.yaml").read_text())
@@ -280,33 +265,13 @@ def test_train_steps_batched_envs(capsys, tmp_path):
 
 
 def test_train_writes_a_run_directory(capsys, tmp_path):
-    code, out, _ = run(
+    code, out, _ = _train(
         capsys,
-        "train",
-        "--algo",
-        "ppo",
-        "--env",
-        "QFL/ClientSelection-Tiny-v0",
-        "--timesteps",
-        "64",
-        "--env-config",
-        "{federation_seed: 0}",
-        "--set",
-        "n_steps=32",
-        "batch_size=16",
-        "policy_kwargs=dict(net_arch=[16])",
-        "--eval-freq",
-        "32",
-        "--eval-episodes",
-        "1",
-        "--save-freq",
-        "0",
-        "--no-progress",
-        "--no-tensorboard",
-        "--out",
-        str(tmp_path),
-        "--run-name",
+        tmp_path,
         "cli",
+        *("--env", "QFL/ClientSelection-Tiny-v0", "--timesteps", "64", "--env-config", "{federation_seed: 0}"),
+        *("--set", "n_steps=32", "batch_size=16", "policy_kwargs=dict(net_arch=[16])"),
+        *("--eval-freq", "32", "--eval-episodes", "1"),
     )
     assert code == 0
     run_dir = tmp_path / "ppo" / "cli"
