@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from qflgym.agents.llm.codec import ActionSpec, CodecConfig, TextCodec, format_number
 from qflgym.agents.llm.grammar import ActionGrammar
 from qflgym.agents.runtime import make_env
+from qflgym.config import ConfigError
 
 ENV_IDS = [
     "QFL/ClientSelection-Tiny-v0",
@@ -134,6 +135,29 @@ def test_v1_prompt_reads_the_cost_and_label_features(envs):
     block = layout.clients(obs)  # a view: set client 0's label mix around the 25% share
     block[0, [layout.client_index[f"label_frac_{j}"] for j in range(10)]] = [0.24, 0.26, 0.5, 0, 0, 0, 0, 0, 0, 0]
     assert TextCodec.from_env(env).prompt(obs).split("\n")[3].split()[10] == "21"
+
+
+def test_client_columns_choose_the_table_and_unknown_features_are_rejected(envs):
+    env = envs["QFL/ClientSelection-Tiny-v1"]
+    obs, _ = env.reset(seed=5)
+    layout, n = env.unwrapped.layout, env.unwrapped.n_clients
+    columns = {"noise": "noise_level", "labels": "label_mix"}
+    lines = TextCodec.from_env(env, CodecConfig(client_columns=columns)).prompt(obs).split("\n")
+    assert lines[2] == "id noise labels"
+    for i, row in enumerate(lines[3 : 3 + n]):
+        assert row.split()[1] == format_number(float(layout.client(obs, "noise_level")[i]))
+    with pytest.raises(ConfigError, match=r"client_columns.*\['nois'\].*allowed: .*noise_level"):
+        TextCodec.from_env(env, CodecConfig(client_columns={"noise": "nois"}))
+
+
+def test_llm_run_configs_pass_client_columns_to_the_codec():
+    from qflgym.agents.llm.train.grpo_config import LLMGRPOConfig
+    from qflgym.agents.llm.train.sft_config import LLMSFTConfig
+
+    columns = {"cost": "step_time"}
+    assert LLMSFTConfig(client_columns=columns).codec_config().client_columns == columns
+    assert LLMGRPOConfig(client_columns=columns).codec_config().client_columns == columns
+    assert LLMSFTConfig().codec_config().client_columns is None
 
 
 def test_fallbacks_are_documented_and_counted(envs):

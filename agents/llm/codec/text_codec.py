@@ -31,6 +31,7 @@ from qflgym.agents.llm.codec.spec import (
     format_lr,
     format_number,
 )
+from qflgym.config import ConfigError
 from qflgym.envs.actions import ControlDecision
 
 __all__ = ["TextCodec"]
@@ -68,6 +69,13 @@ class TextCodec:
         if self._label_features:
             client_features.add(LABEL_MIX)
         v1 = "step_time" in client_features
+        if self.config.client_columns and client_features:
+            unknown = sorted(set(self.config.client_columns.values()) - client_features)
+            if unknown:
+                raise ConfigError(
+                    f"client_columns names features {unknown} this env does not have; "
+                    f"allowed: {sorted(client_features)}"
+                )
         columns = self.config.client_columns or (DEFAULT_CLIENT_COLUMNS | (V1_CLIENT_COLUMNS if v1 else {}))
         self.client_columns = {h: f for h, f in columns.items() if not client_features or f in client_features}
         columns = self.config.global_columns or (DEFAULT_GLOBAL_COLUMNS | (V1_GLOBAL_COLUMNS if v1 else {}))

@@ -82,6 +82,9 @@ class LLMGRPOConfig(LLMRunMixin):
     lr_digits: int | None = field(default=4, metadata=_help("lr digits in completions (fresh start)"))
     format_hint: bool = field(default=True, metadata=_help("grammar reminder line in prompts (fresh start)"))
     client_scale: str = field(default="absolute", metadata=_help("absolute or relative client values (fresh start)"))
+    client_columns: dict[str, str] | None = field(
+        default=None, metadata=_help("client table {header: feature} (fresh start; default: every column)")
+    )
     out: str = field(default="runs/llm", metadata=_help("parent folder of the run directory"))
     run_name: str | None = field(default=None, metadata=_help("run directory name"))
     progress: bool = field(default=True, metadata=_help("show progress bars"))

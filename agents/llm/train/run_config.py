@@ -14,7 +14,8 @@ class LLMRunMixin:
     """Methods of the LLM run configs built from their common fields.
 
     The dataclass using it declares ``model, model_seed, adapter, lora_r, lora_alpha, lora_dropout, target_modules,
-    adapter_options, decimals, lr_digits, format_hint, client_scale, dtype, logging_steps, seed, progress``.
+    adapter_options, decimals, lr_digits, format_hint, client_scale, client_columns, dtype, logging_steps, seed,
+    progress``.
     """
 
     model: str
@@ -29,6 +30,7 @@ class LLMRunMixin:
     lr_digits: int | None
     format_hint: bool
     client_scale: str
+    client_columns: dict[str, str] | None
     dtype: str
     logging_steps: int
     seed: int
@@ -77,6 +79,7 @@ class LLMRunMixin:
             lr_digits=self.lr_digits,
             format_hint=self.format_hint,
             client_scale=self.client_scale,
+            client_columns=self.client_columns,
         )
 
     def cpu_trainer_args(self, output_dir: str) -> dict[str, Any]:

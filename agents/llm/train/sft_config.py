@@ -67,6 +67,9 @@ class LLMSFTConfig(LLMRunMixin):
     client_scale: str = field(
         default="absolute", metadata=_help("client table values: absolute, or relative (0-9 within the round)")
     )
+    client_columns: dict[str, str] | None = field(
+        default=None, metadata=_help("client table {header: feature} (default: every column the layout has)")
+    )
     dtype: str = field(
         default="float32",
         metadata=_help("base model weights while training: float32, bfloat16 (adapter weights stay float32)"),
