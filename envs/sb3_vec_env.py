@@ -26,14 +26,16 @@ class BatchedVecEnv(VecEnv):
     """``num_envs`` sub-envs of a registered ``QFL/...`` id, their rounds batched, behind SB3's ``VecEnv``.
 
     Args:
-        env_id: A registered qflgym id.
+        env_id: A registered qflgym id (its registration kwargs, e.g. the v1 presets, apply).
         num_envs: Number of sub-envs.
         config: Env config overrides (the same for every sub-env).
     """
 
     def __init__(self, env_id: str, num_envs: int, config: Mapping[str, Any] | None = None) -> None:
         spec = gym.spec(env_id)
-        self.venv = QFLVectorEnv(spec.entry_point, num_envs, config=config, max_episode_steps=spec.max_episode_steps)
+        self.venv = QFLVectorEnv(
+            spec.entry_point, num_envs, config=config, max_episode_steps=spec.max_episode_steps, **spec.kwargs
+        )
         super().__init__(num_envs, self.venv.single_observation_space, self.venv.single_action_space)
         self.metadata = self.venv.metadata
         self._actions: np.ndarray | None = None

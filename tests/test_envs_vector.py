@@ -120,15 +120,20 @@ def test_vector_action_masks_stack_the_sub_envs() -> None:
     assert masks.shape[0] == 2 and np.array_equal(masks[1], vec.envs[1].action_masks())
 
 
-def test_sb3_batched_vec_env_matches_dummy_vec_env() -> None:
-    """SB3's conventions (same-step reset, terminal_observation) and the DummyVecEnv's numbers, bit for bit."""
+@pytest.mark.parametrize("env_id", [ENV_ID, "QFL/FullControl-v1"])
+def test_sb3_batched_vec_env_matches_dummy_vec_env(env_id: str) -> None:
+    """SB3's conventions (same-step reset, terminal_observation) and the DummyVecEnv's numbers, bit for bit.
+
+    The v1 id checks that the registration's presets reach the sub-envs (its federation is not v0's).
+    """
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from qflgym.envs.sb3_vec_env import BatchedVecEnv
 
-    batched = BatchedVecEnv(ENV_ID, 2, CONFIG)
-    dummy = make_vec_env(ENV_ID, n_envs=2, env_kwargs={"config": CONFIG}, vec_env_cls=DummyVecEnv)
+    batched = BatchedVecEnv(env_id, 2, CONFIG)
+    dummy = make_vec_env(env_id, n_envs=2, env_kwargs={"config": CONFIG}, vec_env_cls=DummyVecEnv)
+    assert batched.observation_space == dummy.observation_space
     batched.seed(4)
     dummy.seed(4)
     np.testing.assert_equal(batched.reset(), dummy.reset())

@@ -217,6 +217,76 @@ def test_grammar_rejects_out_of_range_and_disorder():
     assert g.accepting(state)
 
 
+
+def _accepted(grammar: ActionGrammar, prefix: str = " select ", limit: int = 16) -> set[str]:
+    """Every completion the grammar accepts (exhaustive search; asserts that no reachable state is a dead end)."""
+    found: set[str] = set()
+
+    def walk(state: frozenset, text: str) -> bool:
+        if grammar.accepting(state):
+            found.add(text)
+            leads = True
+        else:
+            leads = False
+        if len(text) < limit:
+            for ch in sorted(grammar.alphabet):
+                nxt = grammar.advance(state, ch)
+                if nxt is not None:
+                    leads = walk(nxt, text + ch) or leads
+        assert leads, f"dead end after {text!r}"
+        return leads
+
+    start = grammar.advance(grammar.start(), prefix)
+    assert start is not None
+    walk(start, prefix)
+    return found
+
+
+def test_cohort_size_makes_the_grammar_name_exactly_k_ids():
+    from itertools import combinations
+
+    exact = ActionGrammar(ActionSpec(n_clients=7, max_selected=3, min_selected=3))
+    expected = {" select " + " ".join(map(str, ids)) for ids in combinations(range(7), 3)}
+    assert _accepted(exact) == expected  # no "none", no 2 or 4 ids, and every prefix has a way on (walk asserts)
+    budget = ActionGrammar(ActionSpec(n_clients=7, max_selected=3))
+    assert _accepted(budget) == {" select none"} | {
+        " select " + " ".join(map(str, ids)) for k in (1, 2, 3) for ids in combinations(range(7), k)
+    }
+
+
+def test_cohort_size_reaches_the_codec_and_bad_values_are_named(envs):
+    env = envs["QFL/ClientSelection-Tiny-v1"]
+    obs, _ = env.reset(seed=0)
+    codec = TextCodec.from_env(env, CodecConfig(cohort_size=2))
+    assert (codec.spec.min_selected, codec.spec.max_selected) == (2, 2)
+    assert "(exactly 2)" in codec.prompt(obs)
+    result = codec.parse(" select 1", obs)
+    assert not result.valid and result.errors == ["select: 1 ids < cohort size 2"]
+    assert codec.parse(" select 0 1", obs).valid
+    most = TextCodec.from_env(env).spec.max_selected  # the preset's selection budget
+    assert most < codec.spec.n_clients
+    with pytest.raises(ConfigError, match=rf"cohort_size must be in \[1, {most}\] \(the env's selection budget\)"):
+        TextCodec.from_env(env, CodecConfig(cohort_size=most + 1))
+    with pytest.raises(ConfigError, match=r"cohort_size must be in \[1, 2\]"):
+        TextCodec.from_env(envs["budget"], CodecConfig(cohort_size=3))
+    with pytest.raises(ConfigError, match="cohort_size needs an env that selects clients"):
+        TextCodec.from_env(envs["QFL/StepSize-Tiny-v0"], CodecConfig(cohort_size=1))
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ConfigError, match="cohort_size must be None or an integer >= 1"):
+            CodecConfig(cohort_size=bad)
+    with pytest.raises(ConfigError, match=r"min_selected must be in \[0, 3\]"):
+        ActionSpec(n_clients=7, max_selected=3, min_selected=4)
+
+
+def test_llm_run_configs_pass_cohort_size_to_the_codec():
+    from qflgym.agents.llm.train.grpo_config import LLMGRPOConfig
+    from qflgym.agents.llm.train.sft_config import LLMSFTConfig
+
+    assert LLMSFTConfig(cohort_size=3).codec_config().cohort_size == 3
+    assert LLMGRPOConfig(cohort_size=3).codec_config().cohort_size == 3
+    assert LLMSFTConfig().codec_config().cohort_size is None
+
+
 _keywords = st.sampled_from(["select", "lr", "steps", "stop", "none", "yes", "no", "|", ",", ":", "=", " ", "\n"])
 _numbers = st.one_of(
     st.integers(-5, 40).map(str), st.floats(allow_nan=True, allow_infinity=True).map(str), st.just("1e309")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from qflgym.agents.llm.adapters import ADAPTERS, AdapterConfig, AdapterUnavailable, resolve_adapter
-from qflgym.agents.llm.codec import TextCodec
+from qflgym.agents.llm.codec import CodecConfig, TextCodec
 from qflgym.agents.llm.models import MODELS, build_tiny_tokenizer, load_model
 from qflgym.agents.llm.policy import LLMPolicy, load_policy, save_policy
 from qflgym.agents.runtime import make_env
@@ -154,6 +154,21 @@ def test_policy_constrained_decoding_matches_reference_and_is_valid(env_id):
     assert all(policy.grammar.matches(t) for t in policy.last_completions)
     metrics = policy.episode_metrics()
     assert metrics["invalid_rate"] == 0.0 and metrics["decision_latency_s"] > 0
+    env.close()
+
+
+def test_constrained_decoding_with_a_cohort_size_names_exactly_k_clients():
+    env = make_env("QFL/ClientSelection-Tiny-v1")
+    model, tok = load_model("tiny", seed=1)
+    policy = LLMPolicy(model, tok, TextCodec.from_env(env, CodecConfig(cohort_size=2)), seed=0)
+    o, _ = env.reset(seed=3)
+    for _ in range(3):
+        for deterministic in (True, False):
+            policy.predict(o, deterministic=deterministic)
+            ids = policy.last_completions[0].split("select ")[1].split()
+            assert len(ids) == 2 and ids == sorted(ids, key=int), policy.last_completions
+        o, *_ = env.step(env.action_space.sample())
+    assert policy.invalid_rate == 0.0
     env.close()
 
 

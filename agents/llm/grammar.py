@@ -70,19 +70,28 @@ def _int_feasible(prefix: str, lo: int, hi: int, max_len: int) -> bool:
 
 
 class _IdList:
-    """``none`` or ascending ids ``< n`` separated by single spaces, at most ``max_count`` of them."""
+    """``none`` or ascending ids ``< n`` separated by single spaces, ``min_count`` to ``max_count`` of them.
 
-    def __init__(self, n: int, max_count: int | None) -> None:
+    An id is only accepted where enough larger ids remain for the ones still owed (no dead ends), and ``none``
+    only where ``min_count`` is 0.
+    """
+
+    def __init__(self, n: int, max_count: int | None, min_count: int = 0) -> None:
         self.n = n
         self.max_count = max_count if max_count is not None else n
+        self.min_count = min_count
         self.width = len(str(n - 1))
 
     def start(self) -> Any:
         return ("start", -1, "", 0)
 
+    def _highest(self, count: int) -> int:
+        """The largest id that the ``count``-th (0-based) id may be and still leave room for the ones owed."""
+        return self.n - 1 - max(0, self.min_count - count - 1)
+
     def advance(self, sub: tuple, ch: str) -> Any:
         phase, last, cur, count = sub
-        if phase == "start" and ch == "n":
+        if phase == "start" and ch == "n" and self.min_count == 0:
             return ("none", -1, "n", 0)
         if phase == "none":
             nxt = cur + ch
@@ -90,11 +99,11 @@ class _IdList:
         if phase in ("start", "sep") and ch in _DIGITS:
             if count >= self.max_count:
                 return None
-            return ("num", last, ch, count) if _int_feasible(ch, last + 1, self.n - 1, self.width) else None
+            return ("num", last, ch, count) if _int_feasible(ch, last + 1, self._highest(count), self.width) else None
         if phase == "num":
             if ch in _DIGITS:
                 nxt = cur + ch
-                if len(nxt) <= self.width and _int_feasible(nxt, last + 1, self.n - 1, self.width):
+                if len(nxt) <= self.width and _int_feasible(nxt, last + 1, self._highest(count), self.width):
                     return ("num", last, nxt, count)
                 return None
             if ch == " " and self._complete(last, cur) and int(cur) < self.n - 1 and count + 1 < self.max_count:
@@ -105,8 +114,10 @@ class _IdList:
         return bool(cur) and (cur == "0" or not cur.startswith("0")) and last < int(cur) < self.n
 
     def accepting(self, sub: tuple) -> bool:
-        phase, last, cur, _ = sub
-        return (phase == "none" and cur == "none") or (phase == "num" and self._complete(last, cur))
+        phase, last, cur, count = sub
+        if phase == "none":
+            return cur == "none"
+        return phase == "num" and self._complete(last, cur) and count + 1 >= self.min_count
 
 
 class _Decimal:
@@ -187,7 +198,7 @@ class ActionGrammar:
         for i, name in enumerate(spec.fields):
             sep = " " if i == 0 else " | "
             if name == "select":
-                segments += [_Literal(sep + "select "), _IdList(spec.n_clients, spec.max_selected)]
+                segments += [_Literal(sep + "select "), _IdList(spec.n_clients, spec.max_selected, spec.min_selected)]
             elif name == "lr":
                 segments.append(_Literal(sep + "lr "))
                 if spec.lr_grid is not None:

@@ -110,6 +110,8 @@ class ActionSpec:
         steps: The completion sets the local steps.
         stop: The completion decides termination.
         max_selected: Selection budget ``k`` (``None``: any number).
+        min_selected: Fewest ids a selection names (``0``: ``none`` is allowed); a fixed cohort size sets both
+            bounds (:attr:`CodecConfig.cohort_size`).
         lr_range: Inclusive ``(low, high)`` learning rate.
         lr_grid: Learning rates the env can represent (``None``: continuous); the parser snaps to it.
         steps_range: Inclusive ``(low, high)`` local steps.
@@ -123,6 +125,7 @@ class ActionSpec:
     steps: bool = False
     stop: bool = False
     max_selected: int | None = None
+    min_selected: int = 0
     lr_range: tuple[float, float] = (1e-4, 10.0)
     lr_grid: tuple[float, ...] | None = None
     steps_range: tuple[int, int] = (1, 10)
@@ -134,6 +137,9 @@ class ActionSpec:
             raise ConfigError(f"n_clients must be >= 1, got {self.n_clients}")
         if not (self.select or self.lr or self.steps or self.stop):
             raise ConfigError("an ActionSpec must control at least one field")
+        most = self.n_clients if self.max_selected is None else min(self.max_selected, self.n_clients)
+        if not 0 <= self.min_selected <= most:
+            raise ConfigError(f"min_selected must be in [0, {most}] (the selection budget), got {self.min_selected}")
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -193,6 +199,9 @@ class CodecConfig:
         client_scale: ``"absolute"`` (the observation's values, :attr:`decimals` decimals) or ``"relative"``
             (each client column min-max scaled over this round's clients to one digit 0-9: one token per cell,
             and the ranking that selection rules use stays visible when values differ only in later decimals).
+        cohort_size: Every selection names exactly this many clients (a top-k action, as FAVOR and Oort compare
+            at a fixed K per round); ``None``: any number up to the env's budget. Unavailable ids among them are
+            dropped as usual, so fewer may train.
     """
 
     decimals: int = 2
@@ -202,6 +211,7 @@ class CodecConfig:
     format_hint: bool = True
     fallback_select: str = "available"
     client_scale: str = "absolute"
+    cohort_size: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.decimals <= 6:
@@ -212,6 +222,9 @@ class CodecConfig:
             raise ConfigError(f"client_scale must be 'absolute' or 'relative', got {self.client_scale!r}")
         if self.fallback_select not in ("available", "none"):
             raise ConfigError(f"fallback_select must be 'available' or 'none', got {self.fallback_select!r}")
+        size = self.cohort_size
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+            raise ConfigError(f"cohort_size must be None or an integer >= 1, got {size!r}")
 
 
 @dataclass

@@ -6,6 +6,7 @@ grammar are described in :mod:`qflgym.agents.llm.codec`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections import Counter
@@ -57,10 +58,18 @@ class TextCodec:
         action_codec: Any = None,
         config: CodecConfig | None = None,
     ) -> None:
+        self.config = config or CodecConfig()
+        size = self.config.cohort_size
+        if size is not None:
+            if not spec.select:
+                raise ConfigError("cohort_size needs an env that selects clients; this one does not")
+            most = spec.n_clients if spec.max_selected is None else min(spec.max_selected, spec.n_clients)
+            if size > most:
+                raise ConfigError(f"cohort_size must be in [1, {most}] (the env's selection budget), got {size}")
+            spec = dataclasses.replace(spec, min_selected=size, max_selected=size)
         self.spec = spec
         self.layout = layout
         self.action_codec = action_codec
-        self.config = config or CodecConfig()
         client_features = set(getattr(layout, "client_features", ()))
         global_features = set(getattr(layout, "global_features", ()))
         self._label_features = sorted(
@@ -105,7 +114,9 @@ class TextCodec:
         s = self.spec
         tasks = []
         if s.select:
-            k = "" if s.max_selected is None else f" (at most {s.max_selected})"
+            k = ""
+            if s.max_selected is not None:
+                k = f" ({'exactly' if s.min_selected == s.max_selected else 'at most'} {s.max_selected})"
             tasks.append(f"Choose the clients that train this round{k}.")
         if s.lr:
             lo, hi = s.lr_range
@@ -286,6 +297,8 @@ class TextCodec:
         s = self.spec
         if s.select:
             ids, err = parse_ids(line, s.n_clients)
+            if err is None and ids is not None and len(ids) < s.min_selected:
+                err = f"select: {len(ids)} ids < cohort size {s.min_selected}"
             if err is None and ids is not None:
                 avail = self._available(obs)
                 masked = [i for i in ids if not avail[i]]

@@ -85,6 +85,9 @@ class LLMGRPOConfig(LLMRunMixin):
     client_columns: dict[str, str] | None = field(
         default=None, metadata=_help("client table {header: feature} (fresh start; default: every column)")
     )
+    cohort_size: int | None = field(
+        default=None, metadata=_help("exact clients per selection (fresh start; default: up to the budget)")
+    )
     out: str = field(default="runs/llm", metadata=_help("parent folder of the run directory"))
     run_name: str | None = field(default=None, metadata=_help("run directory name"))
     progress: bool = field(default=True, metadata=_help("show progress bars"))

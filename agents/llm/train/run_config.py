@@ -14,8 +14,8 @@ class LLMRunMixin:
     """Methods of the LLM run configs built from their common fields.
 
     The dataclass using it declares ``model, model_seed, adapter, lora_r, lora_alpha, lora_dropout, target_modules,
-    adapter_options, decimals, lr_digits, format_hint, client_scale, client_columns, dtype, logging_steps, seed,
-    progress``.
+    adapter_options, decimals, lr_digits, format_hint, client_scale, client_columns, cohort_size, dtype,
+    logging_steps, seed, progress``.
     """
 
     model: str
@@ -31,6 +31,7 @@ class LLMRunMixin:
     format_hint: bool
     client_scale: str
     client_columns: dict[str, str] | None
+    cohort_size: int | None
     dtype: str
     logging_steps: int
     seed: int
@@ -80,6 +81,7 @@ class LLMRunMixin:
             format_hint=self.format_hint,
             client_scale=self.client_scale,
             client_columns=self.client_columns,
+            cohort_size=self.cohort_size,
         )
 
     def cpu_trainer_args(self, output_dir: str) -> dict[str, Any]:

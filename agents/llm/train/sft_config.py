@@ -70,6 +70,9 @@ class LLMSFTConfig(LLMRunMixin):
     client_columns: dict[str, str] | None = field(
         default=None, metadata=_help("client table {header: feature} (default: every column the layout has)")
     )
+    cohort_size: int | None = field(
+        default=None, metadata=_help("every selection names exactly this many clients (default: up to the budget)")
+    )
     dtype: str = field(
         default="float32",
         metadata=_help("base model weights while training: float32, bfloat16 (adapter weights stay float32)"),
