@@ -33,6 +33,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,39 +45,53 @@ from qflgym.runs import write_result_record
 CLONE_ENV = "QFL/ClientSelection-v1"
 
 
-def suggest_clone(trial: Any) -> dict[str, Any]:
-    """The cloning settings a trial draws (the rest of the packaged recipe stays)."""
-    return {
-        "learning_rate": trial.suggest_float("learning_rate", 1e-3, 1e-2, log=True),
-        "epochs": trial.suggest_categorical("epochs", [30, 60, 90]),
-        "dagger_iterations": trial.suggest_categorical("dagger_iterations", [4, 8]),
-        "dagger_episodes": trial.suggest_categorical("dagger_episodes", [15, 30]),
-        "dagger_epochs": trial.suggest_categorical("dagger_epochs", [5, 10, 20]),
-        "batch_size": trial.suggest_categorical("batch_size", [128, 256, 512]),
-    }
+@dataclass(frozen=True)
+class SearchSpace:
+    """What a trial draws: the learning rate log-uniform over ``lr``, and one of ``choices[key]`` for each key."""
 
+    lr: tuple[float, float]
+    choices: dict[str, list[Any]]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The searched keys (the rest of a recipe stays the packaged one)."""
+        return ("learning_rate", *self.choices)
+
+
+CLONE_SPACE = SearchSpace(
+    lr=(1e-3, 1e-2),
+    choices={
+        "epochs": [30, 60, 90],
+        "dagger_iterations": [4, 8],
+        "dagger_episodes": [15, 30],
+        "dagger_epochs": [5, 10, 20],
+        "batch_size": [128, 256, 512],
+    },
+)
+"""The cloning settings searched."""
+
+PPO_SPACE = SearchSpace(
+    lr=(1e-4, 3e-3),
+    choices={
+        "n_steps": [32, 64, 128],
+        "batch_size": [64, 128, 256],
+        "n_epochs": [5, 10, 20],
+        "gamma": [0.95, 0.98, 0.99, 0.995],
+        "gae_lambda": [0.9, 0.95, 0.98],
+        "clip_range": [0.1, 0.2, 0.3],
+        "ent_coef": [0.0, 0.001, 0.01, 0.03],
+    },
+)
+"""The PPO settings searched (rl-zoo's sampler, trimmed to these short episodes)."""
 
 PPO_DEFAULTS = {"ent_coef": 0.0, "gae_lambda": 0.95, "clip_range": 0.2}
 """SB3 PPO's defaults of the searched keys a zoo entry may leave out."""
-PPO_KEYS = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range", "ent_coef")
 
 
-PPO_CHOICES = {
-    "n_steps": [32, 64, 128],
-    "batch_size": [64, 128, 256],
-    "n_epochs": [5, 10, 20],
-    "gamma": [0.95, 0.98, 0.99, 0.995],
-    "gae_lambda": [0.9, 0.95, 0.98],
-    "clip_range": [0.1, 0.2, 0.3],
-    "ent_coef": [0.0, 0.001, 0.01, 0.03],
-}
-"""The categorical PPO settings searched (learning rate: log-uniform over [1e-4, 3e-3])."""
+def suggest(trial: Any, space: SearchSpace, packaged: dict[str, Any]) -> dict[str, Any]:
+    """The settings a trial draws from ``space``, widened to hold the ``packaged`` values.
 
-
-def suggest_ppo(trial: Any, packaged: dict[str, Any]) -> dict[str, Any]:
-    """The PPO settings a trial draws (the policy and its kwargs stay the packaged ones).
-
-    Every range also holds the packaged value, so trial 0 (the packaged recipe) lies in the space searched.
+    Widening keeps trial 0 (the packaged recipe) inside the space searched.
 
     Raises:
         ValueError: If the packaged learning rate is a schedule (a search needs a constant to start from).
@@ -84,8 +99,9 @@ def suggest_ppo(trial: Any, packaged: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(packaged["learning_rate"], int | float):
         raise ValueError(f"learning_rate: the packaged recipe must be a number, got {packaged['learning_rate']!r}")
     lr = float(packaged["learning_rate"])
-    drawn = {"learning_rate": trial.suggest_float("learning_rate", min(1e-4, lr), max(3e-3, lr), log=True)}
-    for key, choices in PPO_CHOICES.items():
+    low, high = space.lr
+    drawn = {"learning_rate": trial.suggest_float("learning_rate", min(low, lr), max(high, lr), log=True)}
+    for key, choices in space.choices.items():
         drawn[key] = trial.suggest_categorical(key, sorted(set(choices) | {packaged[key]}))
     return drawn
 
@@ -119,11 +135,11 @@ def clone_trial(args: argparse.Namespace) -> tuple[str, dict[str, Any], TrialRun
     packaged = yaml.safe_load(preset_path("agents", "pretrain-cost-aware").read_text())
 
     def run(trial: Any, out: str) -> tuple[dict[str, Any], Path, float]:
-        recipe = packaged | suggest_clone(trial)
+        recipe = packaged | suggest(trial, CLONE_SPACE, packaged)
         result = train(_train_config(CLONE_ENV, "equivariant-clone", args, out, trial, timesteps=0, pretrain=recipe))
         return recipe, result.run_dir / "pretrained_model.zip", result.pretrained.seconds
 
-    return CLONE_ENV, {key: packaged[key] for key in suggest_clone(optuna_fixed(packaged))}, run
+    return CLONE_ENV, {key: packaged[key] for key in CLONE_SPACE.keys}, run
 
 
 def ppo_trial(args: argparse.Namespace) -> tuple[str, dict[str, Any], TrialRun]:
@@ -132,24 +148,17 @@ def ppo_trial(args: argparse.Namespace) -> tuple[str, dict[str, Any], TrialRun]:
     from qflgym.config import preset_path
 
     entry = yaml.load(preset_path("agents", "equivariant-ppo").read_text(), Loader=yaml.SafeLoader)[args.env]
-    packaged = PPO_DEFAULTS | {key: entry[key] for key in PPO_KEYS if key in entry}
+    packaged = PPO_DEFAULTS | {key: entry[key] for key in PPO_SPACE.keys if key in entry}
     packaged["n_steps"] = entry["n_steps"] * entry["n_envs"] // args.n_envs
 
     def run(trial: Any, out: str) -> tuple[dict[str, Any], Path, float]:
-        recipe = suggest_ppo(trial, packaged)
+        recipe = suggest(trial, PPO_SPACE, packaged)
         result = train(
             _train_config(args.env, "equivariant-ppo", args, out, trial, timesteps=args.timesteps, overrides=recipe)
         )
         return recipe, result.model_path, result.seconds
 
     return args.env, packaged, run
-
-
-def optuna_fixed(params: dict[str, Any]) -> Any:
-    """A trial that answers every ``suggest_*`` with ``params`` (to read the packaged recipe's searched keys)."""
-    import optuna
-
-    return optuna.trial.FixedTrial(params)
 
 
 def _train_config(env: str, hyperparams: str, args: argparse.Namespace, out: str, trial: Any, **fields: Any) -> dict:

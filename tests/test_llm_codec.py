@@ -217,7 +217,6 @@ def test_grammar_rejects_out_of_range_and_disorder():
     assert g.accepting(state)
 
 
-
 def _accepted(grammar: ActionGrammar, prefix: str = " select ", limit: int = 16) -> set[str]:
     """Every completion the grammar accepts (exhaustive search; asserts that no reachable state is a dead end)."""
     found: set[str] = set()
@@ -263,7 +262,7 @@ def test_cohort_size_reaches_the_codec_and_bad_values_are_named(envs):
     result = codec.parse(" select 1", obs)
     assert not result.valid and result.errors == ["select: 1 ids < cohort size 2"]
     assert codec.parse(" select 0 1", obs).valid
-    most = TextCodec.from_env(env).spec.max_selected  # the preset's selection budget
+    most = TextCodec.from_env(env).spec.most_selected  # the preset's selection budget
     assert most < codec.spec.n_clients
     with pytest.raises(ConfigError, match=rf"cohort_size must be in \[1, {most}\] \(the env's selection budget\)"):
         TextCodec.from_env(env, CodecConfig(cohort_size=most + 1))

@@ -30,4 +30,4 @@ def test_ppo_search_enqueues_the_packaged_recipe_and_scores_every_trial(tmp_path
     for trial in (first, second):
         assert len(trial["per_seed"]) == 2 and trial["mean"] > 0
     assert result["best"]["mean"] == min(first["mean"], second["mean"])
-    assert (tmp_path / "tune.json").exists() and any(p.name != "tune.json" for p in tmp_path.iterdir())
+    assert any(p.is_dir() for p in tmp_path.iterdir())  # the run record (command, config) beside the result

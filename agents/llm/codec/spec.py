@@ -137,9 +137,15 @@ class ActionSpec:
             raise ConfigError(f"n_clients must be >= 1, got {self.n_clients}")
         if not (self.select or self.lr or self.steps or self.stop):
             raise ConfigError("an ActionSpec must control at least one field")
-        most = self.n_clients if self.max_selected is None else min(self.max_selected, self.n_clients)
-        if not 0 <= self.min_selected <= most:
-            raise ConfigError(f"min_selected must be in [0, {most}] (the selection budget), got {self.min_selected}")
+        if not 0 <= self.min_selected <= self.most_selected:
+            raise ConfigError(
+                f"min_selected must be in [0, {self.most_selected}] (the selection budget), got {self.min_selected}"
+            )
+
+    @property
+    def most_selected(self) -> int:
+        """The most ids a selection may name: the budget, or N without one."""
+        return self.n_clients if self.max_selected is None else min(self.max_selected, self.n_clients)
 
     @property
     def fields(self) -> tuple[str, ...]:

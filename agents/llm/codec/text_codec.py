@@ -63,9 +63,10 @@ class TextCodec:
         if size is not None:
             if not spec.select:
                 raise ConfigError("cohort_size needs an env that selects clients; this one does not")
-            most = spec.n_clients if spec.max_selected is None else min(spec.max_selected, spec.n_clients)
-            if size > most:
-                raise ConfigError(f"cohort_size must be in [1, {most}] (the env's selection budget), got {size}")
+            if size > spec.most_selected:
+                raise ConfigError(
+                    f"cohort_size must be in [1, {spec.most_selected}] (the env's selection budget), got {size}"
+                )
             spec = dataclasses.replace(spec, min_selected=size, max_selected=size)
         self.spec = spec
         self.layout = layout
