@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from qflgym.config import parse_yaml
 from qflgym.runs import write_result_record
@@ -40,14 +45,26 @@ def main(argv: list[str] | None = None) -> int:
         help="an oracle result with 'seeds' and 'per_seed' (default: the headroom result's lookahead); its saving "
         "is recomputed on the seeds both share",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes, each with its own env and controller (default 1; the same numbers for a deterministic "
+        "controller, while --stochastic draws depend on which process ran which seed)",
+    )
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="earlier --json results of this controller (the same --env and --label): their seeds' objectives "
+        "are taken, not run again",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
 
-    import gymnasium as gym
-
-    import qflgym.envs  # noqa: F401
-    from qflgym.agents.controllers import make_controller
-    from qflgym.agents.evaluation.episodes import run_episode
     from qflgym.agents.evaluation.paired import paired_comparison
 
     result = json.loads(args.headroom.read_text())
@@ -66,14 +83,25 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--oracle: no result for the evaluation seeds {missing[:5]}...")
         oracle_values = np.array([by_seed[s] for s in seeds])
         oracle_saving = paired_comparison(reference, oracle_values).saving.value
-    env = gym.make(args.env)
-    controller = make_controller(args.controller, env, seed=0, **parse_yaml(args.kwargs))
-    values = np.array(
-        [
-            run_episode(env, controller, seed=s, deterministic=not args.stochastic).objective
-            for s in seeds
-        ]
-    )
+    setup = (args.env, args.controller, parse_yaml(args.kwargs), not args.stochastic)
+    done: dict[int, float] = {}
+    for path in args.reuse:
+        earlier = json.loads(path.read_text())
+        if (earlier["env"], earlier["controller"]) != (args.env, args.label):
+            parser.error(f"--reuse {path}: a result of {earlier['controller']!r} on {earlier['env']}, not this run's")
+        done |= dict(zip(earlier["seeds"], earlier["per_seed"], strict=True))
+    todo = [s for s in seeds if s not in done]
+    progress = tqdm(total=len(todo), desc=f"{args.label} on {args.env}", unit="episode")
+    if todo and args.workers == 1:
+        _start(*setup)
+        done |= dict(zip(todo, (_objective(s) for s in _ticked(todo, progress)), strict=True))
+    elif todo:
+        with ProcessPoolExecutor(
+            args.workers, mp_context=get_context("spawn"), initializer=_start, initargs=setup
+        ) as pool:
+            done |= dict(zip(todo, _ticked(pool.map(_objective, todo), progress), strict=True))
+    progress.close()
+    values = np.array([done[s] for s in seeds])
     cmp = paired_comparison(reference, values)
     share = cmp.saving.value / oracle_saving if oracle_saving > 0 else float("nan")
     out = {
@@ -102,6 +130,36 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(out, indent=1))
         write_result_record(args.json, args)
     return 0
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _ticked(items: Iterable[float | int], progress: tqdm) -> Iterator[float | int]:
+    """Yield ``items``, ticking ``progress`` once after each."""
+    for item in items:
+        yield item
+        progress.update()
+
+
+def _start(env_id: str, controller: str, kwargs: dict[str, Any], deterministic: bool) -> None:
+    """Build this process's env and controller (once per worker: a model loads once, not once per seed)."""
+    import gymnasium as gym
+
+    import qflgym.envs  # noqa: F401
+    from qflgym.agents.controllers import make_controller
+
+    env = gym.make(env_id)
+    _WORKER.update(env=env, controller=make_controller(controller, env, seed=0, **kwargs), deterministic=deterministic)
+
+
+def _objective(seed: int) -> float:
+    """The objective of one evaluation episode with this process's controller."""
+    from qflgym.agents.evaluation.episodes import run_episode
+
+    return run_episode(
+        _WORKER["env"], _WORKER["controller"], seed=seed, deterministic=_WORKER["deterministic"]
+    ).objective
 
 
 def _share(share: float, oracle_saving: float) -> str:

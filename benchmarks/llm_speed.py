@@ -16,7 +16,8 @@ What is measured (on ``QFL/ClientSelection-v0`` unless ``--env`` says otherwise)
   over the decisions of a short episode; ``decision_latency_cold_s``: the same states with the policy's last
   completion forgotten before each (drafts from the grammar only: a policy that never repeats itself);
   ``decision_latency_sampled_s``: the same states, sampled (temperature 1); ``batched_latency_s``: seconds per
-  decision when 4 observations are decoded together (a 4-env ``VecEnv``).
+  decision when 4 observations are decoded together (a 4-env ``VecEnv``). A ``--policy`` saved with ``head: rank``
+  (``LLMRanker``) decides in one scoring pass and keeps no drafts, so it has no cold figure.
 * ``sft_s_per_step``: median seconds per TRL ``SFTTrainer`` step (LoRA r=8 on q/k/v/o, 4 pairs per step, base
   weights in ``--dtype``) on pairs recorded from the ``loss-greedy`` teacher.
 * ``grpo_s_per_step``: median seconds per TRL ``GRPOTrainer`` step (4 completions of one prompt, constrained
@@ -85,8 +86,8 @@ def measure_latency(args: argparse.Namespace, results: dict) -> None:
     results["invalid_rate"] = policy.invalid_rate
     results["example_completion"] = policy.last_completions[0]
     cold, sampled = [], []
-    for o in observations:  # the same states without drafts from the previous completion, then sampled
-        policy.reset_drafts()
+    for o in observations if hasattr(policy, "reset_drafts") else ():  # a ranker (head: rank) keeps no drafts
+        policy.reset_drafts()  # the same states without drafts from the previous completion, then sampled
         t = time.perf_counter()
         policy.predict(o, deterministic=True)
         cold.append(time.perf_counter() - t)
@@ -94,7 +95,7 @@ def measure_latency(args: argparse.Namespace, results: dict) -> None:
         t = time.perf_counter()
         policy.predict(o, deterministic=False)
         sampled.append(time.perf_counter() - t)
-    results["decision_latency_cold_s"] = _median(cold)
+    results["decision_latency_cold_s"] = _median(cold) if cold else None
     results["decision_latency_sampled_s"] = _median(sampled)
     results["sampled_completion"] = policy.last_completions[0]
     batch = np.stack((observations * 4)[:4])
@@ -155,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", default="QFL/ClientSelection-v0", help="env id (default QFL/ClientSelection-v0)")
     parser.add_argument(
         "--dtype",
-        default="bfloat16",
+        default="float32",
         choices=("float32", "bfloat16"),
-        help="model dtype for decisions and the base weights in SFT/GRPO (default bfloat16, as configs/llm/)",
+        help="model dtype for decisions and the base weights in SFT/GRPO (default float32: on a CPU without "
+        "native bf16, AVX2 only, bf16 matmuls take torch's reference path, ~25x slower per SFT step)",
     )
     parser.add_argument("--decimals", type=int, default=1, help="prompt decimals (default 1, as configs/llm/)")
     parser.add_argument("--hint", action="store_true", help="keep the grammar reminder line in prompts")

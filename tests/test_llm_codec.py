@@ -148,6 +148,8 @@ def test_client_columns_choose_the_table_and_unknown_features_are_rejected(envs)
         assert row.split()[1] == format_number(float(layout.client(obs, "noise_level")[i]))
     with pytest.raises(ConfigError, match=r"client_columns.*\['nois'\].*allowed: .*noise_level"):
         TextCodec.from_env(env, CodecConfig(client_columns={"noise": "nois"}))
+    with pytest.raises(ConfigError, match=r"global_columns.*\['acc'\].*allowed: "):
+        TextCodec.from_env(env, CodecConfig(global_columns={"accuracy": "acc"}))
 
 
 def test_llm_run_configs_pass_client_columns_to_the_codec():

@@ -20,7 +20,6 @@ with :func:`load_policy` / :meth:`LLMPolicy.from_pretrained`, by ``qflgym llm ev
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 
 from qflgym.agents.llm.codec import CodecConfig, TextCodec
 from qflgym.agents.llm.grammar import ActionGrammar, TokenConstraint
+from qflgym.agents.llm.text_policy import TextPolicy, causal_lm
 
 __all__ = ["POLICY_META", "LLMPolicy", "load_policy", "save_policy"]
 
@@ -38,12 +38,7 @@ __all__ = ["POLICY_META", "LLMPolicy", "load_policy", "save_policy"]
 POLICY_META = "qflgym_llm.json"
 
 
-def _causal_lm(model: Any) -> Any:
-    """The ``*ForCausalLM`` module behind a (possibly PEFT-wrapped) model."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-class LLMPolicy:
+class LLMPolicy(TextPolicy):
     """An LLM acting on a qflgym env through the text codec.
 
     Args:
@@ -62,8 +57,6 @@ class LLMPolicy:
         forward_passes: Forward passes of the model so far (constrained decoding; prefill included).
     """
 
-    uses_action_masks = False
-
     def __init__(
         self,
         model: Any,
@@ -77,9 +70,9 @@ class LLMPolicy:
         seed: int | None = 0,
         lookahead: int = 8,
     ) -> None:
+        super().__init__(codec)
         self.model = model
         self.tokenizer = tokenizer
-        self.codec = codec
         self.constrained = constrained
         self.temperature = float(temperature)
         self.batch_size = int(batch_size)
@@ -87,18 +80,14 @@ class LLMPolicy:
         self.grammar = ActionGrammar(codec.spec, codec.config.lr_digits)
         self.constraint = TokenConstraint(self.grammar, tokenizer) if constrained else None
         self.max_new_tokens = max_new_tokens or self._default_budget()
-        self.decision_times: list[float] = []
         self._forced: tuple[list[int], Any] | None = None
         self.lookahead = int(lookahead)
         self.forward_passes = 0
         self._previous: dict[int, list[int]] = {}
-        self._episode = {"completions": 0, "invalid": 0}
-        self._episode_times: list[float] = []
-        lm = _causal_lm(model)
+        lm = causal_lm(model)
         self._body = getattr(lm, lm.base_model_prefix)
         self._head = lm.get_output_embeddings()
         self._softcap = getattr(lm.config, "final_logit_softcapping", None)
-        self.last_completions: list[str] = []
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
@@ -353,71 +342,13 @@ class LLMPolicy:
         return torch.cat([ids, extra], dim=1), torch.cat([mask, extra_mask], dim=1)
 
     # ------------------------------------------------------------------------------------------ predict
-    def predict(
-        self,
-        observation: Any,
-        state: Any = None,
-        episode_start: Any = None,
-        deterministic: bool = False,
-        action_masks: Any = None,
-    ) -> tuple[Any, Any]:
-        """Return ``(action, state)`` for one flat observation or a batch ``[n_envs, D]`` (SB3's protocol).
-
-        Args:
-            observation: One flat observation or a batch of them.
-            state: Passed through (the policy is stateless).
-            episode_start: Ignored (stateless).
-            deterministic: Greedy decoding; otherwise sampling at :attr:`temperature`.
-            action_masks: Ignored (availability is read from the observation).
-        """
-        obs = np.asarray(observation)
-        single = obs.ndim == 1
-        batch = obs[None] if single else obs
-        start = time.perf_counter()
-        completions = self.generate(self.codec.prompts(batch), deterministic=deterministic)
-        elapsed = time.perf_counter() - start
-        self.decision_times += [elapsed / len(batch)] * len(batch)
-        self._episode_times.append(elapsed / len(batch))
-        self.last_completions = completions
-        actions = []
-        for o, text in zip(batch, completions, strict=True):
-            action, result = self.codec.to_action(text, o)
-            self._episode["completions"] += 1
-            self._episode["invalid"] += int(not result.valid)
-            actions.append(np.asarray(action))
-        stacked = np.stack(actions)
-        return (stacked[0] if single else stacked), state
-
-    @property
-    def invalid_rate(self) -> float:
-        """Fraction of invalid completions since the policy was built (or :meth:`reset_stats`)."""
-        return self.codec.invalid_rate
+    def complete(self, batch: np.ndarray, deterministic: bool) -> list[str]:
+        """Constrained completions of ``batch``'s prompts: greedy, or sampled at :attr:`temperature`."""
+        return self.generate(self.codec.prompts(batch), deterministic=deterministic)
 
     def reset_drafts(self) -> None:
         """Forget the last completions, the source of :meth:`_draft`'s guesses (outputs do not change)."""
         self._previous = {}
-
-    def reset_stats(self) -> None:
-        """Zero the invalid-output counters and the timings."""
-        self.codec.reset_stats()
-        self.decision_times.clear()
-        self._episode = {"completions": 0, "invalid": 0}
-        self._episode_times = []
-
-    def episode_metrics(self) -> dict[str, float]:
-        """Per-episode numbers for the benchmark harness: invalid-output rate and median seconds per decision.
-
-        Counts since the previous call (the evaluation loop calls it once at the end of every episode).
-        """
-        n = self._episode["completions"]
-        times = self._episode_times
-        metrics = {
-            "invalid_rate": self._episode["invalid"] / n if n else 0.0,
-            "decision_latency_s": float(np.median(times)) if times else float("nan"),
-        }
-        self._episode = {"completions": 0, "invalid": 0}
-        self._episode_times = []
-        return metrics
 
 
 # ---------------------------------------------------------------------------------------------- save/load
@@ -459,8 +390,11 @@ def save_policy(
 
 def load_policy(
     path: str | Path, env: Any, *, seed: int = 0, dtype: Any = None, merge: bool = True, **kwargs: Any
-) -> LLMPolicy:
+) -> TextPolicy:
     """Load a saved policy for ``env``.
+
+    The result is an :class:`LLMPolicy`, or an ``LLMRanker`` (:mod:`qflgym.agents.llm.ranker`) for a policy
+    trained with ``head: rank``.
 
     Args:
         path: A directory written by :func:`save_policy`.
@@ -497,4 +431,8 @@ def load_policy(
         model = adapter.merge(model).to(dtype)
     codec_options = dict(meta.get("codec", {}))
     codec = TextCodec.from_env(env, CodecConfig(**codec_options))
+    if meta.get("head", "completion") == "rank":
+        from qflgym.agents.llm.ranker import LLMRanker
+
+        return LLMRanker(model, tokenizer, codec, seed=seed, **LLMRanker.options(kwargs))
     return LLMPolicy(model, tokenizer, codec, seed=seed, **kwargs)

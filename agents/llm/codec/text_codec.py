@@ -38,6 +38,24 @@ from qflgym.envs.actions import ControlDecision
 __all__ = ["TextCodec"]
 
 
+def _columns(
+    name: str, chosen: Mapping[str, str] | None, defaults: Mapping[str, str], features: set[str]
+) -> dict[str, str]:
+    """The ``header → feature`` columns of one table.
+
+    ``chosen`` is checked against the env's features; ``None`` takes the defaults this env has. An empty
+    ``features`` (a layout without names) keeps every column.
+
+    Raises:
+        ConfigError: ``chosen`` names a feature the env does not have.
+    """
+    if chosen and features:
+        unknown = sorted(set(chosen.values()) - features)
+        if unknown:
+            raise ConfigError(f"{name} names features {unknown} this env does not have; allowed: {sorted(features)}")
+    return {h: f for h, f in (chosen or defaults).items() if not features or f in features}
+
+
 class TextCodec:
     """Observation ↔ prompt and completion ↔ decision/action for one env.
 
@@ -79,17 +97,18 @@ class TextCodec:
         if self._label_features:
             client_features.add(LABEL_MIX)
         v1 = "step_time" in client_features
-        if self.config.client_columns and client_features:
-            unknown = sorted(set(self.config.client_columns.values()) - client_features)
-            if unknown:
-                raise ConfigError(
-                    f"client_columns names features {unknown} this env does not have; "
-                    f"allowed: {sorted(client_features)}"
-                )
-        columns = self.config.client_columns or (DEFAULT_CLIENT_COLUMNS | (V1_CLIENT_COLUMNS if v1 else {}))
-        self.client_columns = {h: f for h, f in columns.items() if not client_features or f in client_features}
-        columns = self.config.global_columns or (DEFAULT_GLOBAL_COLUMNS | (V1_GLOBAL_COLUMNS if v1 else {}))
-        self.global_columns = {h: f for h, f in columns.items() if not global_features or f in global_features}
+        self.client_columns = _columns(
+            "client_columns",
+            self.config.client_columns,
+            DEFAULT_CLIENT_COLUMNS | (V1_CLIENT_COLUMNS if v1 else {}),
+            client_features,
+        )
+        self.global_columns = _columns(
+            "global_columns",
+            self.config.global_columns,
+            DEFAULT_GLOBAL_COLUMNS | (V1_GLOBAL_COLUMNS if v1 else {}),
+            global_features,
+        )
         self._has_round = not global_features or ROUND_FEATURE in global_features
         self._has_avail = not client_features or "available" in client_features
         self._has_stale = not client_features or "rounds_since_selected" in client_features
@@ -193,6 +212,27 @@ class TextCodec:
         """Prompts for a batch ``[B, D]`` of flat observations."""
         return [self.prompt(o) for o in np.asarray(observations)]
 
+    def client_row_ends(self, prompt: str) -> list[int]:
+        """Character offsets just past each client row of a :meth:`prompt` (client 0 first).
+
+        The rows are the :attr:`spec` ``.n_clients`` lines after the table header (the line starting ``"id "``).
+
+        Raises:
+            ValueError: If ``prompt`` has no client table of that many rows.
+        """
+        n = self.spec.n_clients
+        lines = prompt.split("\n")
+        header = next((i for i, line in enumerate(lines) if line.startswith("id ")), None)
+        if header is None or len(lines) < header + 1 + n:
+            raise ValueError(f"prompt has no client table of {n} rows")
+        ends, offset = [], 0
+        for i, line in enumerate(lines[: header + 1 + n]):
+            offset += len(line)
+            if i > header:
+                ends.append(offset)
+            offset += 1  # the newline
+        return ends
+
     # ------------------------------------------------------------------------------------------ rendering
     def render(self, decision: Any) -> str:
         """The canonical completion of ``decision`` (leading space included)."""
@@ -239,7 +279,8 @@ class TextCodec:
             steps = round(float(self.layout.global_(obs, "local_steps")) * self.spec.max_steps)
         return int(min(hi, max(lo, steps)))
 
-    def _available(self, obs: np.ndarray | None) -> np.ndarray:
+    def available(self, obs: np.ndarray | None) -> np.ndarray:
+        """``[N]`` bool: the clients ``obs`` marks available (all of them without the feature or an ``obs``)."""
         if obs is None or not self._has_avail:
             return np.ones(self.spec.n_clients, dtype=bool)
         return np.asarray(self.layout.client(obs, "available")) > 0.5
@@ -248,7 +289,7 @@ class TextCodec:
         n = self.spec.n_clients
         if self.config.fallback_select == "none":
             return np.zeros(n, dtype=bool)
-        avail = self._available(obs)
+        avail = self.available(obs)
         k = self.spec.max_selected
         if k is None or avail.sum() <= k:
             return avail
@@ -301,7 +342,7 @@ class TextCodec:
             if err is None and ids is not None and len(ids) < s.min_selected:
                 err = f"select: {len(ids)} ids < cohort size {s.min_selected}"
             if err is None and ids is not None:
-                avail = self._available(obs)
+                avail = self.available(obs)
                 masked = [i for i in ids if not avail[i]]
                 ids = [i for i in ids if avail[i]]
                 if s.max_selected is not None and len(ids) > s.max_selected:

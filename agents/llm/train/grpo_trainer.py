@@ -41,6 +41,7 @@ from qflgym.agents.llm.train.grpo_config import LLMGRPOConfig
 from qflgym.agents.llm.train.rollout import make_teacher, rollout, teacher_options
 from qflgym.agents.llm.train.trl_hooks import compact_lm_head, seconds_per_step, step_timer
 from qflgym.agents.runtime import make_env
+from qflgym.config import ConfigError
 
 # ``rollout_func`` is marked experimental in TRL 1.x; we rely on it knowingly (see the module docstring).
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -228,6 +229,11 @@ class LLMGRPOTrainer:
             if not meta_path.is_file():
                 raise FileNotFoundError(f"{cfg.init_policy} is not a saved LLM policy (no {POLICY_META})")
             meta = json.loads(meta_path.read_text())
+            if meta.get("head", "completion") != "completion":
+                raise ConfigError(
+                    f"init_policy: GRPO trains generating policies (head 'completion'); {cfg.init_policy} has head "
+                    f"{meta['head']!r}"
+                )
             self.meta = meta
             adapter = ADAPTERS.get(meta["adapter"])
             model, tokenizer = load_model(

@@ -52,7 +52,7 @@ class Rollout:
     Attributes:
         records: One dict per decision: ``prompt``, ``completion``, ``episode``, ``step``, ``reward``.
         states: Env snapshots (``env.unwrapped.get_state()``) before each decision, when requested.
-        observations: The observation before each decision, when states are requested.
+        observations: The observation before each decision, when states or observations are requested.
         returns: Return of every episode.
         rounds: Rounds of every episode.
     """
@@ -72,6 +72,7 @@ def rollout(
     seed: int,
     *,
     keep_states: bool = False,
+    keep_observations: bool = False,
     deterministic: bool = True,
     progress: bool = False,
     description: str = "rollout",
@@ -85,7 +86,8 @@ def rollout(
         codec: The env's :class:`~qflgym.agents.llm.codec.TextCodec` (prompt and canonical completion).
         episodes: Episodes to run.
         seed: Reset seed of the first episode.
-        keep_states: Store ``env.unwrapped.get_state()`` before every decision.
+        keep_states: Store ``env.unwrapped.get_state()`` and the observation before every decision.
+        keep_observations: Store the observation before every decision.
         deterministic: Passed to ``predict``.
         progress: Show a progress bar.
         description: Progress bar label.
@@ -104,6 +106,7 @@ def rollout(
         while True:
             if keep_states:
                 out.states.append(unwrapped.get_state())
+            if keep_states or keep_observations:
                 out.observations.append(np.array(obs, copy=True))
             action, _ = controller.predict(obs, state=None, episode_start=start, deterministic=deterministic)
             start = np.zeros(1, dtype=bool)

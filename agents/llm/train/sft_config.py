@@ -8,7 +8,10 @@ from typing import Any
 from qflgym.agents.llm.train.run_config import LLMRunMixin
 from qflgym.config import ConfigError
 
-__all__ = ["LLMSFTConfig"]
+__all__ = ["HEADS", "LLMSFTConfig"]
+
+#: What ``qflgym llm sft`` can train: the generating policy, or the per-client ranker (:mod:`..ranker`).
+HEADS = ("completion", "rank")
 
 
 def _help(text: str, **extra: Any) -> Any:
@@ -73,6 +76,13 @@ class LLMSFTConfig(LLMRunMixin):
     cohort_size: int | None = field(
         default=None, metadata=_help("every selection names exactly this many clients (default: up to the budget)")
     )
+    head: str = field(
+        default="completion",
+        metadata=_help(
+            "what is trained: completion (TRL SFT of the canonical completions) or rank (one score per client row, "
+            "the top cohort_size clients; selection-only envs)"
+        ),
+    )
     dtype: str = field(
         default="float32",
         metadata=_help("base model weights while training: float32, bfloat16 (adapter weights stay float32)"),
@@ -101,6 +111,10 @@ class LLMSFTConfig(LLMRunMixin):
             errors.append(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0 <= self.warmup_ratio < 1:
             errors.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.head not in HEADS:
+            errors.append(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        elif self.head == "rank" and self.cohort_size is None:
+            errors.append("head 'rank' needs cohort_size (the k of its top-k)")
         if self.eval_episodes < 0:
             errors.append(f"eval_episodes must be >= 0, got {self.eval_episodes}")
         if errors:
@@ -109,19 +123,33 @@ class LLMSFTConfig(LLMRunMixin):
         self.adapter_config()  # validates r / dropout
         self.codec_config()  # validates decimals / lr_digits
 
+    def schedule_args(self) -> dict[str, Any]:
+        """Steps, batches and the AdamW schedule, as trainer arguments (both heads)."""
+        return {
+            "max_steps": self.max_steps,
+            "num_train_epochs": self.epochs,
+            "per_device_train_batch_size": self.batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "learning_rate": self.learning_rate,
+            "warmup_steps": self.warmup_ratio,
+            "lr_scheduler_type": "linear",
+        }
+
     def to_trl(self, output_dir: str) -> Any:
         """The TRL ``SFTConfig`` (CPU-safe settings fixed: ``use_cpu``, ``bf16=False``, no saving/reporting)."""
         from trl import SFTConfig
 
         return SFTConfig(
             **self.cpu_trainer_args(output_dir),
-            max_steps=self.max_steps,
-            num_train_epochs=self.epochs,
-            per_device_train_batch_size=self.batch_size,
-            gradient_accumulation_steps=self.gradient_accumulation_steps,
-            learning_rate=self.learning_rate,
-            warmup_steps=self.warmup_ratio,
-            lr_scheduler_type="linear",
+            **self.schedule_args(),
             max_length=self.max_length,
             completion_only_loss=True,
+        )
+
+    def to_training_args(self, output_dir: str) -> Any:
+        """The ``transformers.TrainingArguments`` of a ``head: rank`` run (its batches carry their own columns)."""
+        from transformers import TrainingArguments
+
+        return TrainingArguments(
+            **self.cpu_trainer_args(output_dir), **self.schedule_args(), remove_unused_columns=False
         )

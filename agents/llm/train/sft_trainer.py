@@ -4,7 +4,9 @@
 ``episodes`` episodes, renders every decision with the env's :class:`~qflgym.agents.llm.codec.TextCodec`
 (``prompt`` = the observation, ``completion`` = the canonical text of the teacher's action), attaches the chosen
 adapter (:data:`~qflgym.agents.llm.adapters.ADAPTERS`) to the base model and fine-tunes it with TRL's
-``SFTTrainer`` (completion-only loss). The run directory holds::
+``SFTTrainer`` (completion-only loss). With ``head: rank`` it fits the per-client ranker instead
+(:mod:`qflgym.agents.llm.ranker`, :class:`~qflgym.agents.llm.train.rank_fit.RankTrainer`) on the teacher's
+cohorts. The run directory holds::
 
     config.yaml  command.txt  run.json          the resolved config, the command line, package versions
     data.jsonl                                  the recorded pairs
@@ -28,8 +30,9 @@ import torch
 from qflgym.agents.llm.adapters import resolve_adapter, write_adapter_meta
 from qflgym.agents.llm.codec import TextCodec
 from qflgym.agents.llm.policy import LLMPolicy, save_policy
+from qflgym.agents.llm.ranker import LLMRanker, check_rank_spec
 from qflgym.agents.llm.train.cli_args import prepare_run_dir
-from qflgym.agents.llm.train.rollout import make_teacher, rollout
+from qflgym.agents.llm.train.rollout import Rollout, make_teacher, rollout
 from qflgym.agents.llm.train.sft_config import LLMSFTConfig
 from qflgym.agents.llm.train.trl_hooks import compact_lm_head, seconds_per_step, step_timer
 from qflgym.agents.runtime import make_env
@@ -110,12 +113,14 @@ class LLMSFTTrainer:
         self.argv = argv
         self.run_dir: Path | None = None
 
-    def collect(self) -> tuple[list[dict[str, Any]], list[float], TextCodec]:
-        """Run the teacher and return the recorded pairs, the episode returns and the codec."""
+    def collect(self) -> tuple[Rollout, TextCodec]:
+        """Run the teacher; its rollout (pairs, returns and, for ``head: rank``, observations) and the codec."""
         cfg = self.config
         env = make_env(cfg.env_id, cfg.env_config)
         try:
             codec = TextCodec.from_env(env, cfg.codec_config())
+            if cfg.head == "rank":
+                check_rank_spec(codec)
             teacher = make_teacher(cfg.teacher, env, seed=cfg.seed, kwargs=cfg.teacher_kwargs)
             data = rollout(
                 env,
@@ -127,36 +132,28 @@ class LLMSFTTrainer:
                 progress=cfg.progress,
                 description="teacher",
                 max_steps=cfg.episode_steps,
+                keep_observations=cfg.head == "rank",
             )
         finally:
             env.close()
-        return data.records, data.returns, codec
+        return data, codec
 
     def train(self) -> SFTResult:
         """Collect, fine-tune, save the policy (and evaluate when configured)."""
-        from datasets import Dataset
-        from trl import SFTTrainer
-
         cfg = self.config
         torch.set_num_threads(cfg.torch_threads or os.cpu_count() or 1)
         adapter = resolve_adapter(cfg.adapter)
         self.run_dir = run_dir = prepare_run_dir(cfg.out, "sft", cfg, cfg.run_name, self.argv)
-        records, returns, codec = self.collect()
+        data, codec = self.collect()
+        records, returns = data.records, data.returns
         with (run_dir / "data.jsonl").open("w") as fh:
             for r in records:
                 fh.write(json.dumps(r) + "\n")
 
         torch.manual_seed(cfg.seed)
         model, tokenizer = cfg.fresh_model(adapter)
-        dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in records])
         timer = step_timer()
-        trainer = SFTTrainer(
-            model=model,
-            callbacks=[timer],
-            args=cfg.to_trl(str(run_dir / "trainer")),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-        )
+        trainer = self._trainer(model, tokenizer, data, codec, timer)
         start = time.perf_counter()
         with compact_lm_head():
             trainer.train()
@@ -178,6 +175,7 @@ class LLMSFTTrainer:
                 "teacher_kwargs": cfg.teacher_kwargs,
                 "teacher_deterministic": cfg.teacher_deterministic,
                 "trainer": "sft",
+                "head": cfg.head,
                 "model_seed": cfg.model_seed,
                 "dtype": cfg.dtype,
             },
@@ -192,7 +190,8 @@ class LLMSFTTrainer:
             n_pairs=len(records),
         )
         if cfg.eval_episodes > 0:
-            policy = LLMPolicy(model, tokenizer, codec, seed=cfg.seed)
+            kind = LLMRanker if cfg.head == "rank" else LLMPolicy
+            policy = kind(model, tokenizer, codec, seed=cfg.seed)
             result.evaluation = evaluate_against_teacher(
                 cfg.env_id,
                 cfg.env_config,
@@ -219,6 +218,35 @@ class LLMSFTTrainer:
             )
         )
         return result
+
+    def _trainer(self, model: Any, tokenizer: Any, data: Rollout, codec: TextCodec, timer: Any) -> Any:
+        """TRL's ``SFTTrainer`` on the completions, or the :class:`RankTrainer` on the cohorts (``head``)."""
+        from datasets import Dataset
+
+        cfg = self.config
+        assert self.run_dir is not None
+        output_dir = str(self.run_dir / "trainer")
+        if cfg.head == "rank":
+            from qflgym.agents.llm.train.rank_fit import RankTrainer, ranking_examples
+
+            examples = ranking_examples(data.records, data.observations, codec, tokenizer)
+            return RankTrainer(
+                model=model,
+                args=cfg.to_training_args(output_dir),
+                train_dataset=Dataset.from_list(examples),
+                callbacks=[timer],
+                tokenizer=tokenizer,
+            )
+        from trl import SFTTrainer
+
+        pairs = [{"prompt": r["prompt"], "completion": r["completion"]} for r in data.records]
+        return SFTTrainer(
+            model=model,
+            callbacks=[timer],
+            args=cfg.to_trl(output_dir),
+            train_dataset=Dataset.from_list(pairs),
+            processing_class=tokenizer,
+        )
 
 
 def evaluate_against_teacher(

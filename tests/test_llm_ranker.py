@@ -1,0 +1,150 @@
+"""The LLM as a per-client ranker (``head: rank``): row positions, the listwise loss, top-k actions, SFT (tiny)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+from qflgym.agents.llm.codec import CodecConfig, TextCodec
+from qflgym.agents.llm.models import load_model
+from qflgym.agents.llm.ranker import LLMRanker, encode_rows, rank_loss, row_scores, tokenize_rows
+from qflgym.agents.llm.train.sft_config import LLMSFTConfig
+from qflgym.agents.runtime import make_env
+from qflgym.config import ConfigError
+
+ENV = "QFL/ClientSelection-Tiny-v1"
+
+
+@pytest.fixture(scope="module")
+def env():
+    env = make_env(ENV)
+    yield env
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny", seed=0)
+
+
+def _observations(env, n: int, seed: int = 0) -> list[np.ndarray]:
+    obs, _ = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    out = [obs]
+    while len(out) < n:
+        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        out.append(obs if not (terminated or truncated) else env.reset(seed=seed + len(out))[0])
+    return out
+
+
+def test_row_positions_are_the_last_token_of_each_client_row(env, tiny):
+    _, tok = tiny
+    codec = TextCodec.from_env(env, CodecConfig(cohort_size=2))
+    obs, _ = env.reset(seed=3)
+    prompt = codec.prompt(obs)
+    ends = codec.client_row_ends(prompt)
+    lines = prompt.split("\n")
+    header = next(i for i, line in enumerate(lines) if line.startswith("id "))
+    assert [prompt[e - len(lines[header + 1 + i]) : e] for i, e in enumerate(ends)] == lines[header + 1 : header + 7]
+    assert all(prompt[e] == "\n" for e in ends)
+    ids, positions = tokenize_rows(tok, codec, prompt)
+    offsets = tok(prompt, return_offsets_mapping=True).offset_mapping
+    assert ids == tok(prompt).input_ids
+    for end, pos in zip(ends, positions, strict=True):
+        assert offsets[pos][0] < end <= offsets[pos + 1][0], (end, offsets[pos], offsets[pos + 1])
+    with pytest.raises(ValueError, match="no client table of 6 rows"):
+        codec.client_row_ends("QFL control.\naction:")
+
+
+def test_rank_loss_is_the_listwise_cross_entropy():
+    scores = torch.tensor([[1.0, 2.0, 0.5, 3.0], [0.0, 0.0, 1.0, -1.0]])
+    target = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    valid = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    z0 = math.log(math.exp(1.0) + math.exp(2.0) + math.exp(0.5))  # row 0 without the unavailable client 3
+    z1 = math.log(2 + math.e + math.exp(-1.0))
+    expected = ((z0 - 1.0) + (z0 - 0.5)) / 2 / 2 + (z1 - 0.0) / 2
+    assert float(rank_loss(scores, target, valid)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_ranker_picks_the_top_k_available_clients(env, tiny):
+    model, tok = tiny
+    ranker = LLMRanker(model, tok, TextCodec.from_env(env, CodecConfig(cohort_size=2)), seed=0)
+    observations = _observations(env, 6)
+    batch = np.stack(observations)
+    actions, _ = ranker.predict(batch, deterministic=True)
+    scores = ranker.scores(ranker.codec.prompts(batch))
+    for obs, action, s in zip(batch, actions, scores, strict=True):
+        available = ranker.codec.available(obs)
+        chosen = np.flatnonzero(action > 0)
+        order = sorted(np.flatnonzero(available), key=lambda i: (-float(s[i]), i))
+        assert sorted(chosen) == sorted(order[:2]) if available.sum() >= 2 else set(chosen) <= set(order)
+    one, _ = ranker.predict(batch[0], deterministic=True)
+    assert np.array_equal(one, actions[0])  # a batch scores each prompt as alone
+    sampled = {tuple(ranker.predict(batch[0], deterministic=False)[0]) for _ in range(20)}
+    assert len(sampled) > 1  # Gumbel top-k explores
+    assert ranker.invalid_rate == 0.0 and ranker.episode_metrics()["invalid_rate"] == 0.0
+
+
+def test_ranker_needs_a_fixed_cohort_on_a_selection_only_env(env, tiny):
+    model, tok = tiny
+    with pytest.raises(ConfigError, match="needs cohort_size"):
+        LLMRanker(model, tok, TextCodec.from_env(env))
+    steps = make_env("QFL/FullControl-Tiny-v1")
+    with pytest.raises(ConfigError, match="only selects clients"):
+        LLMRanker(model, tok, TextCodec.from_env(steps, CodecConfig(cohort_size=2)))
+    steps.close()
+    with pytest.raises(ConfigError, match="head 'rank' needs cohort_size"):
+        LLMSFTConfig(head="rank")
+    with pytest.raises(ConfigError, match="head must be one of completion, rank"):
+        LLMSFTConfig(head="score")
+    with pytest.raises(ConfigError, match="drop constrained=False, max_new_tokens"):
+        LLMRanker.options({"constrained": False, "max_new_tokens": 4, "temperature": 1.0})
+
+
+def test_rank_sft_lowers_the_loss_and_saves_a_loadable_ranker(tmp_path, env):
+    from qflgym.agents.cli.main import main
+    from qflgym.agents.llm.policy import load_policy
+    from qflgym.agents.llm.train.rank_fit import ranking_examples
+    from qflgym.agents.llm.train.rollout import make_teacher, rollout
+
+    status = main(
+        [
+            "llm", "sft", "--env-id", ENV, "--teacher", "cost-aware", "--teacher-kwargs", "{k: 2}", "--head", "rank",
+            "--cohort-size", "2", "--episodes", "3", "--max-steps", "30", "--batch-size", "4",
+            "--learning-rate", "5e-3", "--logging-steps", "5", "--out", str(tmp_path), "--run-name", "rank",
+            "--progress", "false", "--torch-threads", "1",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    run = tmp_path / "sft" / "rank"
+    meta = json.loads((run / "policy" / "qflgym_llm.json").read_text())
+    assert meta["head"] == "rank" and meta["codec"]["cohort_size"] == 2
+    ranker = load_policy(run / "policy", env)
+    assert isinstance(ranker, LLMRanker)
+    base, tok = load_model("tiny", seed=0)
+    codec = ranker.codec
+    teacher = make_teacher("cost-aware", env, kwargs={"k": 2})
+    data = rollout(env, teacher, codec, 2, 0, keep_observations=True)
+    examples = ranking_examples(data.records, data.observations, codec, tok)
+    assert len(examples) == len(data.records) and all(sum(e["target"]) == 2 for e in examples)
+
+    def loss(model):
+        enc = encode_rows(tok, codec, [r["prompt"] for r in data.records])
+        with torch.no_grad():
+            s = row_scores(model, **enc, direction=LLMRanker(model, tok, codec).direction)
+        target = torch.tensor([e["target"] for e in examples])
+        return float(rank_loss(s, target, torch.tensor([e["valid"] for e in examples])))
+
+    assert loss(ranker.model) < 0.93 * loss(base)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 30 and metrics["losses"][-1] < metrics["losses"][0]
+    again = load_policy(run / "policy", env)
+    batch = np.stack(_observations(env, 4, seed=7))
+    assert np.array_equal(ranker.predict(batch, deterministic=True)[0], again.predict(batch, deterministic=True)[0])
