@@ -9,6 +9,9 @@ oracle's saving it reaches (n/a for a result without an oracle row, e.g. a ``ben
     python benchmarks/learned_vs_headroom.py benchmarks/results/headroom/client_selection_v1.json \\
         --env QFL/ClientSelection-v1 --kwargs '{path: runs/results/ppo/cs-v1-equivariant, algo: ppo}' \\
         --json benchmarks/results/headroom/ppo_client_selection_v1.json
+
+A slow controller (an LLM policy) runs in ``--workers`` processes, and ``--reuse`` takes the seeds of earlier
+results of the same controller, so a run cut short with ``--skip-seeds`` is completed without repeating it.
 """
 
 from __future__ import annotations
