@@ -30,10 +30,14 @@ def test_workers_and_reuse_reproduce_a_plain_run(tmp_path):
     plain = _run(tmp_path, "plain")
     assert plain["seeds"] == SEEDS and len(set(plain["per_seed"])) > 1
     first = _run(tmp_path, "first", "--skip-seeds", "10003")
-    resumed = _run(tmp_path, "resumed", "--workers", "2", "--reuse", str(tmp_path / "first.json"))
     assert first["per_seed"] == plain["per_seed"][:3]
-    assert resumed["per_seed"] == plain["per_seed"]
+    resumed = _run(tmp_path, "resumed", "--workers", "2", "--reuse", str(tmp_path / "first.json"))
+    assert resumed["per_seed"] == plain["per_seed"]  # 3 seeds reused, the 4th run in a worker
     assert resumed["saving_vs_reference"] == plain["saving_vs_reference"]
+    first["per_seed"][0] = 12345.0  # a reused seed is read, not run again
+    (tmp_path / "first.json").write_text(json.dumps(first))
+    marked = _run(tmp_path, "marked", "--reuse", str(tmp_path / "first.json"))
+    assert marked["per_seed"] == [12345.0, *plain["per_seed"][1:]]
     command = [sys.executable, str(SCRIPT), str(tmp_path / "headroom.json"), "--env", ENV_ID, "--label", "another"]
     other = subprocess.run([*command, "--reuse", str(tmp_path / "first.json")], capture_output=True, text=True)
     assert other.returncode != 0 and "--reuse" in other.stderr and "not this run's" in other.stderr

@@ -20,6 +20,7 @@ canonical completion and parsed by the codec, so the ranker's actions go through
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 import numpy as np
@@ -58,8 +59,8 @@ def answer_direction(model: Any, tokenizer: Any) -> torch.Tensor:
 def tokenize_rows(tokenizer: Any, codec: TextCodec, prompt: str) -> tuple[list[int], list[int]]:
     """Token ids of ``prompt`` and the index of each client row's last token (client 0 first)."""
     enc = tokenizer(prompt, return_offsets_mapping=True)
-    starts = [start for start, _ in enc.offset_mapping]
-    positions = [max(i for i, s in enumerate(starts) if s < end) for end in codec.client_row_ends(prompt)]
+    starts = [start for start, _ in enc.offset_mapping]  # ascending: the last token starting before a row's end
+    positions = [bisect.bisect_left(starts, end) - 1 for end in codec.client_row_ends(prompt)]
     return list(enc.input_ids), positions
 
 

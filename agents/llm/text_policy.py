@@ -7,6 +7,7 @@ scores client rows and renders the cohort as the canonical completion. Both act 
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ def causal_lm(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-class TextPolicy:
+class TextPolicy(ABC):
     """An LLM policy that writes a completion per observation: SB3's ``predict``, timings and invalid counts.
 
     Subclasses implement :meth:`complete` (how the completions are made); ``predict`` times it and acts the
@@ -44,9 +45,9 @@ class TextPolicy:
         self._episode = {"completions": 0, "invalid": 0}
         self._episode_times: list[float] = []
 
+    @abstractmethod
     def complete(self, batch: np.ndarray, deterministic: bool) -> list[str]:
         """One completion per row of ``batch`` (flat observations ``[n, D]``)."""
-        raise NotImplementedError
 
     def predict(
         self,

@@ -153,7 +153,7 @@ class LLMSFTTrainer:
         torch.manual_seed(cfg.seed)
         model, tokenizer = cfg.fresh_model(adapter)
         timer = step_timer()
-        trainer = self._trainer(model, tokenizer, data, codec, timer)
+        trainer = self._trainer(model, tokenizer, data, codec, timer, str(run_dir / "trainer"))
         start = time.perf_counter()
         with compact_lm_head():
             trainer.train()
@@ -219,13 +219,11 @@ class LLMSFTTrainer:
         )
         return result
 
-    def _trainer(self, model: Any, tokenizer: Any, data: Rollout, codec: TextCodec, timer: Any) -> Any:
+    def _trainer(self, model: Any, tokenizer: Any, data: Rollout, codec: TextCodec, timer: Any, output_dir: str) -> Any:
         """TRL's ``SFTTrainer`` on the completions, or the :class:`RankTrainer` on the cohorts (``head``)."""
         from datasets import Dataset
 
         cfg = self.config
-        assert self.run_dir is not None
-        output_dir = str(self.run_dir / "trainer")
         if cfg.head == "rank":
             from qflgym.agents.llm.train.rank_fit import RankTrainer, ranking_examples
 
