@@ -223,3 +223,13 @@ def test_teacher_episodes_can_be_cut_to_show_more_federations():
     assert len({r["prompt"] for r in data.records if r["step"] == 0}) == 3  # three federations
     with pytest.raises(ValueError, match="episode_steps"):
         LLMSFTConfig(episode_steps=0)
+
+
+RUN_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs/llm").glob("[sg][fr]*.yaml"))
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
+def test_shipped_llm_run_configs_are_valid(path):
+    kind = LLMSFTConfig if path.name.startswith("sft_") else LLMGRPOConfig
+    cfg = kind(**yaml.safe_load(path.read_text()))
+    assert cfg.env_id.startswith("QFL/")

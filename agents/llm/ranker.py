@@ -176,15 +176,22 @@ class LLMRanker(TextPolicy):
             out.append(row_scores(self.model, **enc, direction=self.direction))
         return torch.cat(out)
 
-    def choose(self, scores: torch.Tensor, available: np.ndarray, deterministic: bool) -> np.ndarray:
-        """``[N]`` bool cohort: the top-k available rows (then unavailable ones, dropped by the codec)."""
+    def cohort_order(self, scores: torch.Tensor, available: np.ndarray, deterministic: bool) -> list[int]:
+        """The ``k`` chosen rows in order: the top-k available scores, or a Gumbel top-k sample of them.
+
+        The sample is a Plackett-Luce draw without replacement from ``softmax(scores / temperature)`` over the
+        available rows. Unavailable rows come last, only when fewer than ``k`` are available (the codec drops them).
+        """
         s = scores.double()
         if not deterministic:
             u = torch.rand(s.shape, generator=self.generator, dtype=torch.float64).clamp_min(1e-300)
             s = s / self.temperature - torch.log(-torch.log(u))
-        order = sorted(range(len(s)), key=lambda i: (not available[i], -float(s[i]), i))[: self.k]
-        mask = np.zeros(len(s), dtype=bool)
-        mask[order] = True
+        return sorted(range(len(s)), key=lambda i: (not available[i], -float(s[i]), i))[: self.k]
+
+    def choose(self, scores: torch.Tensor, available: np.ndarray, deterministic: bool) -> np.ndarray:
+        """``[N]`` bool cohort: the rows of :meth:`cohort_order`."""
+        mask = np.zeros(len(scores), dtype=bool)
+        mask[self.cohort_order(scores, available, deterministic)] = True
         return mask
 
     def complete(self, batch: np.ndarray, deterministic: bool) -> list[str]:

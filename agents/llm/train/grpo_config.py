@@ -56,6 +56,9 @@ class LLMGRPOConfig(LLMRunMixin):
     rollout_policy: str = field(
         default="repeat", metadata=_help("acts rounds 2..horizon: 'repeat' the decision, or a controller name")
     )
+    rollout_policy_kwargs: dict[str, Any] = field(
+        default_factory=dict, metadata=_help("the rollout controller's kwargs (not with 'repeat')")
+    )
     env_reward_weight: float = field(default=1.0, metadata=_help("weight of the env reward"))
     format_weight: float = field(default=1.0, metadata=_help("weight of the invalid-output penalty (-1 each)"))
     num_generations: int = field(default=4, metadata=_help("completions sampled per prompt (the GRPO group)"))
@@ -105,6 +108,8 @@ class LLMGRPOConfig(LLMRunMixin):
             errors.append(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.temperature <= 0:
             errors.append(f"temperature must be > 0, got {self.temperature}")
+        if self.rollout_policy == "repeat" and self.rollout_policy_kwargs:
+            errors.append("rollout_policy_kwargs: 'repeat' takes none; name a controller in rollout_policy")
         if self.beta < 0:
             errors.append(f"beta must be >= 0, got {self.beta}")
         if errors:

@@ -36,9 +36,12 @@ from qflgym.agents.llm.adapters import ADAPTERS, resolve_adapter, write_adapter_
 from qflgym.agents.llm.codec import CodecConfig, TextCodec
 from qflgym.agents.llm.models import load_model
 from qflgym.agents.llm.policy import POLICY_META, LLMPolicy, save_policy
+from qflgym.agents.llm.ranker import LLMRanker
+from qflgym.agents.llm.text_policy import TextPolicy
 from qflgym.agents.llm.train.cli_args import prepare_run_dir
 from qflgym.agents.llm.train.grpo_config import LLMGRPOConfig
 from qflgym.agents.llm.train.rollout import make_teacher, rollout, teacher_options
+from qflgym.agents.llm.train.sft_config import HEADS
 from qflgym.agents.llm.train.trl_hooks import compact_lm_head, seconds_per_step, step_timer
 from qflgym.agents.runtime import make_env
 from qflgym.config import ConfigError
@@ -229,10 +232,15 @@ class LLMGRPOTrainer:
             if not meta_path.is_file():
                 raise FileNotFoundError(f"{cfg.init_policy} is not a saved LLM policy (no {POLICY_META})")
             meta = json.loads(meta_path.read_text())
-            if meta.get("head", "completion") != "completion":
+            head = meta.get("head", "completion")
+            if head not in HEADS:
                 raise ConfigError(
-                    f"init_policy: GRPO trains generating policies (head 'completion'); {cfg.init_policy} has head "
-                    f"{meta['head']!r}"
+                    f"init_policy: GRPO trains heads {', '.join(HEADS)}; {cfg.init_policy} has head {head!r}"
+                )
+            if head == "rank" and (cfg.max_completion_length is not None or not cfg.constrained):
+                raise ConfigError(
+                    f"init_policy {cfg.init_policy} is a ranker (head 'rank'), which generates no text: drop "
+                    "max_completion_length and constrained=false"
                 )
             self.meta = meta
             adapter = ADAPTERS.get(meta["adapter"])
@@ -249,7 +257,22 @@ class LLMGRPOTrainer:
         model, tokenizer = cfg.fresh_model(adapter)
         return model, tokenizer, cfg.codec_config(), cfg.model, adapter.name
 
-    def collect_states(self, env: Any, codec: TextCodec, policy: LLMPolicy) -> tuple[StateBank, list[dict[str, Any]]]:
+    def make_policy(self, model: Any, tokenizer: Any, codec: TextCodec) -> TextPolicy:
+        """The policy being trained: the ranker for a ``head: rank`` init policy, else the constrained generator."""
+        cfg = self.config
+        if self.meta.get("head") == "rank":
+            return LLMRanker(model, tokenizer, codec, temperature=cfg.temperature, seed=cfg.seed)
+        return LLMPolicy(
+            model,
+            tokenizer,
+            codec,
+            constrained=True,
+            temperature=cfg.temperature,
+            max_new_tokens=cfg.max_completion_length,
+            seed=cfg.seed,
+        )
+
+    def collect_states(self, env: Any, codec: TextCodec, policy: TextPolicy) -> tuple[StateBank, list[dict[str, Any]]]:
         """Play ``episodes`` episodes with ``state_policy`` and keep every pre-decision state as a prompt."""
         cfg = self.config
         actor = (
@@ -292,15 +315,7 @@ class LLMGRPOTrainer:
         reward_env = make_env(cfg.env_id, cfg.env_config)
         try:
             codec = TextCodec.from_env(env, codec_config)
-            policy = LLMPolicy(
-                model,
-                tokenizer,
-                codec,
-                constrained=True,
-                temperature=cfg.temperature,
-                max_new_tokens=cfg.max_completion_length,
-                seed=cfg.seed,
-            )
+            policy = self.make_policy(model, tokenizer, codec)
             bank, rows = self.collect_states(env, codec, policy)
             with (run_dir / "states.jsonl").open("w") as fh:
                 for r in rows:
@@ -308,7 +323,9 @@ class LLMGRPOTrainer:
             reward_env.reset(seed=cfg.seed)
             rollout_policy: Any = "repeat"
             if cfg.rollout_policy != "repeat":
-                rollout_policy = make_teacher(cfg.rollout_policy, reward_env, seed=cfg.seed)
+                rollout_policy = make_teacher(
+                    cfg.rollout_policy, reward_env, seed=cfg.seed, kwargs=cfg.rollout_policy_kwargs
+                )
             spec = getattr(env, "spec", None)
             env_reward = get_env_reward(
                 reward_env,
@@ -319,24 +336,30 @@ class LLMGRPOTrainer:
                 rollout_policy=rollout_policy,
                 max_episode_steps=getattr(spec, "max_episode_steps", None),
             )
-            format_reward = get_format_reward(codec, bank)
-            model.train()
-            timer = step_timer()
-            trainer = GRPOTrainer(
-                model=model,
-                callbacks=[timer],
-                reward_funcs=[env_reward, format_reward],
-                args=cfg.to_trl(str(run_dir / "trainer"), policy.max_new_tokens),
-                train_dataset=Dataset.from_list(rows),
-                processing_class=tokenizer,
-                rollout_func=get_constrained_rollout(policy) if cfg.constrained else None,
-            )
             start = time.perf_counter()
-            with compact_lm_head():
-                trainer.train()
+            if isinstance(policy, LLMRanker):
+                from qflgym.agents.llm.train.rank_grpo import fit_rank_grpo
+
+                log = fit_rank_grpo(policy, bank, env_reward, cfg)
+                step_times, rewards, log_history = log.step_times, log.rewards, log.history
+            else:
+                model.train()
+                timer = step_timer()
+                trainer = GRPOTrainer(
+                    model=model,
+                    callbacks=[timer],
+                    reward_funcs=[env_reward, get_format_reward(codec, bank)],
+                    args=cfg.to_trl(str(run_dir / "trainer"), policy.max_new_tokens),
+                    train_dataset=Dataset.from_list(rows),
+                    processing_class=tokenizer,
+                    rollout_func=get_constrained_rollout(policy) if cfg.constrained else None,
+                )
+                with compact_lm_head():
+                    trainer.train()
+                step_times, log_history = timer.times, trainer.state.log_history
+                rewards = [float(e["reward"]) for e in log_history if "reward" in e]
             elapsed = time.perf_counter() - start
-            steps = max(int(trainer.state.global_step), 1)
-            rewards = [float(e["reward"]) for e in trainer.state.log_history if "reward" in e]
+            steps = len(step_times)
             model.eval()
             policy_dir = save_policy(
                 run_dir / "policy",
@@ -348,6 +371,7 @@ class LLMGRPOTrainer:
                     "env_id": cfg.env_id,
                     "env_config": cfg.env_config,
                     "trainer": "grpo",
+                    "head": self.meta.get("head", "completion"),
                     "init_policy": cfg.init_policy,
                     "teacher": self.meta.get("teacher"),
                     "teacher_kwargs": self.meta.get("teacher_kwargs", {}),
@@ -367,7 +391,7 @@ class LLMGRPOTrainer:
             run_dir=run_dir,
             policy_dir=policy_dir,
             rewards=rewards,
-            s_per_step=seconds_per_step(timer.times),
+            s_per_step=seconds_per_step(step_times),
             n_states=len(bank),
         )
         if cfg.eval_episodes > 0:
@@ -377,7 +401,11 @@ class LLMGRPOTrainer:
             if teacher == "self":
                 teacher = "random-k"
             teacher_kwargs, teacher_deterministic = teacher_options(self.meta, teacher)
-            eval_policy = LLMPolicy(model, tokenizer, codec, seed=cfg.seed)
+            eval_policy = (
+                LLMRanker(model, tokenizer, codec, seed=cfg.seed)
+                if isinstance(policy, LLMRanker)
+                else (LLMPolicy(model, tokenizer, codec, seed=cfg.seed))
+            )
             result.evaluation = evaluate_against_teacher(
                 cfg.env_id,
                 cfg.env_config,
@@ -393,12 +421,12 @@ class LLMGRPOTrainer:
                 {
                     "rewards": rewards,
                     "s_per_step": result.s_per_step,
-                    "step_times": timer.times,
+                    "step_times": step_times,
                     "steps": steps,
                     "train_seconds": elapsed,
                     "n_states": result.n_states,
                     "evaluation": result.evaluation,
-                    "log_history": trainer.state.log_history,
+                    "log_history": log_history,
                 },
                 indent=2,
                 default=str,
