@@ -112,6 +112,10 @@ def test_rank_grpo_raises_the_probability_of_the_rewarded_client(seed):
     assert len(log.rewards) == 5 and log.rewards[-1] > log.rewards[0]
     assert [h["step"] for h in log.history] == [4, 8, 12, 16, 20] and len(log.step_times) == 20
     assert not ranker.model.training
+    averse, _ = _fresh_ranker(env, seed)  # a negative env_reward_weight makes the same reward a cost
+    ranker.model, ranker.direction = averse.model, averse.direction
+    fit_rank_grpo(ranker, bank, reward, dataclasses.replace(run, env_reward_weight=-1.0))
+    assert p_client_3() < before - 0.2
     env.close()
 
 

@@ -401,11 +401,8 @@ class LLMGRPOTrainer:
             if teacher == "self":
                 teacher = "random-k"
             teacher_kwargs, teacher_deterministic = teacher_options(self.meta, teacher)
-            eval_policy = (
-                LLMRanker(model, tokenizer, codec, seed=cfg.seed)
-                if isinstance(policy, LLMRanker)
-                else (LLMPolicy(model, tokenizer, codec, seed=cfg.seed))
-            )
+            kind = LLMRanker if isinstance(policy, LLMRanker) else LLMPolicy
+            eval_policy = kind(model, tokenizer, codec, seed=cfg.seed)
             result.evaluation = evaluate_against_teacher(
                 cfg.env_id,
                 cfg.env_config,

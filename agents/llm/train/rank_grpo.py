@@ -11,8 +11,8 @@ no tokens, so this is a plain PyTorch loop with GRPO's objective on the ranker's
 * Each step takes ``prompts_per_step`` bank states; one forward pass (adapter in training mode) scores each, and
   ``num_generations`` cohorts are sampled from those scores. A cohort's reward is the env's (the same
   :func:`~qflgym.agents.llm.train.grpo_trainer.get_env_reward` as the generating policy: restore the state, act,
-  ``horizon`` rounds); advantages are normalized within the group, ``(R - mean) / (std + 1e-4)``, as TRL's
-  ``scale_rewards="group"``.
+  ``horizon`` rounds), times ``env_reward_weight``; advantages are normalized within the group,
+  ``(R - mean) / (std + 1e-4)``, as TRL's ``scale_rewards="group"``.
 * Loss: ``-mean(A * log pi)`` (one on-policy update per batch, TRL's default ``num_iterations=1``, where the
   clipped ratio is 1) plus ``beta`` times TRL's ``k3`` estimate of the KL to the reference (the adapter disabled).
   AdamW with a linear decay, gradients clipped to norm 1 (TRL's defaults). A cohort is always valid, so there is no
@@ -90,8 +90,9 @@ def fit_rank_grpo(
         ranker: The ranker (its generator draws the cohorts, at its temperature).
         bank: The prompt states (shuffled with ``config.seed``, then taken in turn).
         env_reward: ``env_reward(prompts, completions, state_id) -> rewards`` (completions are canonical texts).
-        config: The run's ``max_steps``, ``prompts_per_step``, ``num_generations`` (the group), ``learning_rate``
-            (AdamW, linear decay to 0), ``beta``, ``seed``, ``logging_steps`` and ``progress``.
+        config: The run's ``max_steps``, ``prompts_per_step``, ``num_generations`` (the group),
+            ``env_reward_weight``, ``learning_rate`` (AdamW, linear decay to 0), ``beta``, ``seed``, ``logging_steps``
+            and ``progress``.
 
     Returns:
         The run's log; the model is left in eval mode.
@@ -128,7 +129,7 @@ def fit_rank_grpo(
             cohorts = [ranker.cohort_order(scores[b].detach(), available, False) for _ in range(group)]
             masks = [np.isin(np.arange(len(available)), c) for c in cohorts]
             texts = [codec.render(ControlDecision(selected=m)) for m in masks]
-            rewards = env_reward(None, texts, [sid] * group)
+            rewards = [config.env_reward_weight * r for r in env_reward(None, texts, [sid] * group)]
             sampled.extend(rewards)
             advantages = group_advantages(rewards)
             local = {int(r): j for j, r in enumerate(rows)}
