@@ -148,3 +148,58 @@ def test_rank_sft_lowers_the_loss_and_saves_a_loadable_ranker(tmp_path, env):
     again = load_policy(run / "policy", env)
     batch = np.stack(_observations(env, 4, seed=7))
     assert np.array_equal(ranker.predict(batch, deterministic=True)[0], again.predict(batch, deterministic=True)[0])
+
+
+def test_rank_sft_with_dagger_refits_on_the_rankers_own_states(tmp_path):
+    from qflgym.agents.llm.train.sft_trainer import LLMSFTTrainer
+
+    cfg = LLMSFTConfig(
+        env_id=ENV, teacher="cost-aware", teacher_kwargs={"k": 2}, head="rank", cohort_size=2, episodes=3,
+        episode_steps=2, max_steps=4, batch_size=2, learning_rate=5e-3, logging_steps=2, torch_threads=1,
+        dagger_iterations=2, dagger_episodes=2, dagger_episode_steps=3, dagger_steps=3, out=str(tmp_path),
+        run_name="dagger", progress=False,
+    )  # fmt: skip
+    result = LLMSFTTrainer(cfg).train()
+    records = [json.loads(line) for line in (result.run_dir / "data.jsonl").open()]
+    rounds = [r["dagger"] for r in records]
+    assert rounds == [0] * 6 + [1] * 6 + [2] * 6  # 3 x 2 teacher pairs, then 2 x 3 visited states per round
+    assert [d["seed"] for d in result.dagger] == [3, 5]  # after the teacher's seeds 0..2, disjoint per round
+    assert [d["pairs"] for d in result.dagger] == [12, 18] and result.n_pairs == 18
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 4 + 2 * 3 and len(metrics["dagger"]) == 2
+    assert all(math.isfinite(d["policy_return"]) for d in result.dagger)
+    for bad in ({"dagger_iterations": -1}, {"dagger_steps": 0}, {"dagger_episodes": 0}, {"dagger_episode_steps": 0}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            LLMSFTConfig(head="rank", cohort_size=2, **bad)
+
+
+def test_int8_ranker_keeps_the_float_scores_up_to_quantization_error(tmp_path, env):
+    from qflgym.agents.llm import make_llm_controller
+    from qflgym.agents.llm.policy import load_policy
+    from qflgym.agents.llm.train.sft_trainer import LLMSFTTrainer
+
+    cfg = LLMSFTConfig(
+        env_id=ENV, teacher="cost-aware", teacher_kwargs={"k": 2}, head="rank", cohort_size=2, episodes=2,
+        max_steps=2, batch_size=2, torch_threads=1, out=str(tmp_path), run_name="q", progress=False,
+    )  # fmt: skip
+    policy_dir = LLMSFTTrainer(cfg).train().policy_dir
+    full = load_policy(policy_dir, env)
+    int8 = load_policy(policy_dir, env, quantize="int8")
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+
+    linears = {n: m for n, m in int8.model.model.named_modules() if isinstance(m, (torch.nn.Linear, Int8Linear))}
+    kept = {n for n, m in linears.items() if not isinstance(m, Int8Linear)}
+    assert kept and kept == {n for n in linears if n.endswith("down_proj")}  # all but the MLP output projections
+    every = load_policy(policy_dir, env, quantize="int8-all")
+    kinds = {type(m) for m in every.model.model.modules()}
+    assert Int8Linear in kinds and torch.nn.Linear not in kinds
+    assert type(int8.model.lm_head) is torch.nn.Linear and torch.equal(int8.direction, full.direction)
+    prompts = full.codec.prompts(np.stack(_observations(env, 6, seed=3)))
+    a, b = full.scores(prompts), int8.scores(prompts)
+    assert not torch.equal(a, b)  # quantized ...
+    assert float((a - b).abs().max()) < 0.1 * float(a.abs().max())  # ... up to its error
+    for bad in ({"quantize": "int4"}, {"quantize": "int8", "merge": False}, {"quantize": "int8", "dtype": "bfloat16"}):
+        with pytest.raises(ValueError, match="quantize must be one of int8, int8-all"):
+            load_policy(policy_dir, env, **bad)
+    with pytest.raises(ValueError, match="quantize applies to a saved policy"):
+        make_llm_controller(env, quantize="int8")

@@ -233,3 +233,29 @@ def test_shipped_llm_run_configs_are_valid(path):
     kind = LLMSFTConfig if path.name.startswith("sft_") else LLMGRPOConfig
     cfg = kind(**yaml.safe_load(path.read_text()))
     assert cfg.env_id.startswith("QFL/")
+
+
+def test_dagger_rollout_follows_the_actor_and_records_the_teachers_labels():
+    from qflgym.agents.controllers import make_controller
+    from qflgym.agents.llm.train.rollout import rollout
+
+    env = make_env("QFL/ClientSelection-Tiny-v1")
+    codec = TextCodec.from_env(env)
+
+    def teacher():
+        return make_controller("cost-aware", env, seed=0, k=2)
+
+    def actor():
+        return make_controller("random-k", env, seed=3, k=1)
+
+    dagger = rollout(env, teacher(), codec, 2, 5, keep_observations=True, actor=actor())
+    own = rollout(env, actor(), codec, 2, 5, keep_observations=True)
+    assert len(dagger.observations) == len(own.observations)
+    assert all(np.array_equal(a, b) for a, b in zip(dagger.observations, own.observations, strict=True))
+    assert dagger.returns == own.returns  # the actor's episodes, rewards and returns
+    labels, label = [], teacher()
+    for rec, obs in zip(dagger.records, dagger.observations, strict=True):
+        action, _ = label.predict(obs, episode_start=np.array([rec["step"] == 0]), deterministic=True)
+        labels.append(codec.render_action(action))
+    assert [r["completion"] for r in dagger.records] == labels  # the teacher's decision in each visited state
+    assert labels != [r["completion"] for r in own.records]

@@ -34,6 +34,7 @@ def make_llm_controller(
     max_new_tokens: int | None = None,
     batch_size: int = 16,
     dtype: str | None = None,
+    quantize: str | None = None,
     torch_threads: int | None = None,
 ) -> Any:
     """Controller factory ``llm``: a saved LLM policy (``path``) or an untrained base ``model``.
@@ -48,7 +49,11 @@ def make_llm_controller(
         max_new_tokens: Generation budget (default: from the grammar).
         batch_size: Observations decoded together.
         dtype: Model dtype (``float32``, ``bfloat16``; default: a saved policy's training dtype, else float32).
+        quantize: Quantize a saved policy's body for inference (``int8``; see ``policy.quantize_body``).
         torch_threads: ``torch.set_num_threads`` for this process.
+
+    Raises:
+        ValueError: If ``quantize`` is set without a ``path``, or is unknown.
     """
     import torch
 
@@ -60,7 +65,9 @@ def make_llm_controller(
         constrained=constrained, temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size
     )
     if path:
-        return load_policy(path, env, seed=seed or 0, dtype=dtype, **options)
+        return load_policy(path, env, seed=seed or 0, dtype=dtype, quantize=quantize, **options)
+    if quantize is not None:
+        raise ValueError(f"quantize applies to a saved policy (path), got quantize={quantize!r} without one")
     from qflgym.agents.llm.codec import TextCodec
     from qflgym.agents.llm.models import load_model
 

@@ -3,7 +3,8 @@
 * :func:`make_teacher` -- a teacher by registry name or path; :func:`teacher_options` -- how it acts next to a
   saved policy;
 * :func:`rollout` -- run a teacher and record ``(prompt, completion)`` pairs and, optionally, the env state
-  before each decision (for GRPO's reward).
+  before each decision (for GRPO's reward); with an ``actor``, the actor drives the episodes and the teacher only
+  labels the states it visits (DAgger's data).
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ class Rollout:
     returns: list[float] = field(default_factory=list)
     rounds: list[int] = field(default_factory=list)
 
+    def extend(self, other: Rollout) -> None:
+        """Append ``other``'s records, states, observations and episodes (DAgger's aggregation)."""
+        self.records.extend(other.records)
+        self.states.extend(other.states)
+        self.observations.extend(other.observations)
+        self.returns.extend(other.returns)
+        self.rounds.extend(other.rounds)
+
 
 def rollout(
     env: Any,
@@ -77,6 +86,7 @@ def rollout(
     progress: bool = False,
     description: str = "rollout",
     max_steps: int | None = None,
+    actor: Any = None,
 ) -> Rollout:
     """Run ``controller`` for ``episodes`` episodes (reset seeds ``seed, seed + 1, ...``) and record them.
 
@@ -93,6 +103,9 @@ def rollout(
         description: Progress bar label.
         max_steps: Decisions recorded per episode (``None``: until it ends); a cut episode's return is the sum of
             its recorded steps' rewards.
+        actor: Who acts (``predict`` protocol, always deterministic; default ``controller``). With another actor,
+            ``controller`` only labels the states the actor visits (it sees every observation of the actor's
+            episode, so a teacher with memory keeps it), and rewards and returns are the actor's (DAgger).
     """
     from tqdm.auto import tqdm
 
@@ -108,11 +121,14 @@ def rollout(
                 out.states.append(unwrapped.get_state())
             if keep_states or keep_observations:
                 out.observations.append(np.array(obs, copy=True))
-            action, _ = controller.predict(obs, state=None, episode_start=start, deterministic=deterministic)
+            label, _ = controller.predict(obs, state=None, episode_start=start, deterministic=deterministic)
+            action = label
+            if actor is not None:
+                action, _ = actor.predict(obs, state=None, episode_start=start, deterministic=True)
             start = np.zeros(1, dtype=bool)
             record = {
                 "prompt": codec.prompt(obs),
-                "completion": codec.render_action(action),
+                "completion": codec.render_action(label),
                 "episode": ep,
                 "step": step,
             }

@@ -46,7 +46,26 @@ class LLMSFTConfig(LLMRunMixin):
             "on more federations for the same number of pairs"
         ),
     )
-    seed: int = field(default=0, metadata=_help("seed of rollouts (episode i resets with seed+i) and training"))
+    dagger_iterations: int = field(
+        default=0,
+        metadata=_help(
+            "DAgger rounds after the first fit: the policy (greedy) drives dagger_episodes episodes, the teacher "
+            "labels every state it visits, and the policy is refit on all the pairs for dagger_steps steps"
+        ),
+    )
+    dagger_episodes: int = field(default=10, metadata=_help("episodes the policy drives in each DAgger round"))
+    dagger_episode_steps: int | None = field(
+        default=None,
+        metadata=_help("decisions recorded per DAgger episode (None: until it ends; a stalled episode is long)"),
+    )
+    dagger_steps: int = field(default=50, metadata=_help("optimizer steps of each DAgger refit"))
+    seed: int = field(
+        default=0,
+        metadata=_help(
+            "seed of rollouts (teacher episode i resets with seed+i, DAgger round r's episode j with "
+            "seed+episodes+r*dagger_episodes+j) and training"
+        ),
+    )
     model: str = field(default="tiny", metadata=_help("base model: gemma3-270m, tiny, or a checkpoint dir"))
     model_seed: int = field(default=0, metadata=_help("init seed of randomly initialized models (tiny)"))
     adapter: str = field(default="lora", metadata=_help("adapter registry name: lora, qlora, auto, ..."))
@@ -101,6 +120,14 @@ class LLMSFTConfig(LLMRunMixin):
             errors.append(f"episodes must be >= 1, got {self.episodes}")
         if self.episode_steps is not None and self.episode_steps < 1:
             errors.append(f"episode_steps must be None or >= 1, got {self.episode_steps}")
+        if self.dagger_iterations < 0:
+            errors.append(f"dagger_iterations must be >= 0, got {self.dagger_iterations}")
+        if self.dagger_episodes < 1 or self.dagger_steps < 1:
+            errors.append(
+                f"dagger_episodes and dagger_steps must be >= 1, got {self.dagger_episodes}, {self.dagger_steps}"
+            )
+        if self.dagger_episode_steps is not None and self.dagger_episode_steps < 1:
+            errors.append(f"dagger_episode_steps must be None or >= 1, got {self.dagger_episode_steps}")
         if self.max_steps == 0 or self.max_steps < -1:
             errors.append(f"max_steps must be >= 1 or -1 (use epochs), got {self.max_steps}")
         if self.max_steps == -1 and self.epochs <= 0:
@@ -123,10 +150,14 @@ class LLMSFTConfig(LLMRunMixin):
         self.adapter_config()  # validates r / dropout
         self.codec_config()  # validates decimals / lr_digits
 
-    def schedule_args(self) -> dict[str, Any]:
-        """Steps, batches and the AdamW schedule, as trainer arguments (both heads)."""
+    def dagger_seed(self, iteration: int) -> int:
+        """Reset seed of the first episode of DAgger round ``iteration`` (0-based), after every teacher episode's."""
+        return self.seed + self.episodes + iteration * self.dagger_episodes
+
+    def schedule_args(self, max_steps: int | None = None) -> dict[str, Any]:
+        """Steps (``max_steps``, default the first fit's), batches and the AdamW schedule, as trainer arguments."""
         return {
-            "max_steps": self.max_steps,
+            "max_steps": self.max_steps if max_steps is None else max_steps,
             "num_train_epochs": self.epochs,
             "per_device_train_batch_size": self.batch_size,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
@@ -135,21 +166,21 @@ class LLMSFTConfig(LLMRunMixin):
             "lr_scheduler_type": "linear",
         }
 
-    def to_trl(self, output_dir: str) -> Any:
+    def to_trl(self, output_dir: str, max_steps: int | None = None) -> Any:
         """The TRL ``SFTConfig`` (CPU-safe settings fixed: ``use_cpu``, ``bf16=False``, no saving/reporting)."""
         from trl import SFTConfig
 
         return SFTConfig(
             **self.cpu_trainer_args(output_dir),
-            **self.schedule_args(),
+            **self.schedule_args(max_steps),
             max_length=self.max_length,
             completion_only_loss=True,
         )
 
-    def to_training_args(self, output_dir: str) -> Any:
+    def to_training_args(self, output_dir: str, max_steps: int | None = None) -> Any:
         """The ``transformers.TrainingArguments`` of a ``head: rank`` run (its batches carry their own columns)."""
         from transformers import TrainingArguments
 
         return TrainingArguments(
-            **self.cpu_trainer_args(output_dir), **self.schedule_args(), remove_unused_columns=False
+            **self.cpu_trainer_args(output_dir), **self.schedule_args(max_steps), remove_unused_columns=False
         )

@@ -6,12 +6,14 @@
 adapter (:data:`~qflgym.agents.llm.adapters.ADAPTERS`) to the base model and fine-tunes it with TRL's
 ``SFTTrainer`` (completion-only loss). With ``head: rank`` it fits the per-client ranker instead
 (:mod:`qflgym.agents.llm.ranker`, :class:`~qflgym.agents.llm.train.rank_fit.RankTrainer`) on the teacher's
-cohorts. The run directory holds::
+cohorts. With ``dagger_iterations`` > 0, DAgger (Ross et al., 2011) follows the first fit: each round the policy
+(greedy) drives ``dagger_episodes`` episodes, the teacher labels every state it visits, and the policy is refit
+on all the pairs for ``dagger_steps`` steps. The run directory holds::
 
     config.yaml  command.txt  run.json          the resolved config, the command line, package versions
-    data.jsonl                                  the recorded pairs
+    data.jsonl                                  the recorded pairs (``dagger``: 0 the teacher's, r DAgger round r's)
     policy/                                     adapter/ + qflgym_llm.json (load with ``qflgym llm eval``)
-    metrics.json                                losses, seconds per step, teacher return, evaluation
+    metrics.json                                losses, seconds per step, teacher return, DAgger rounds, evaluation
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ class SFTResult:
         losses: Training loss at each logging step.
         s_per_step: Mean seconds per optimizer step.
         teacher_return: Mean return of the recorded teacher episodes.
-        n_pairs: Recorded (prompt, completion) pairs.
+        n_pairs: Recorded (prompt, completion) pairs (the teacher's and every DAgger round's).
+        dagger: Per DAgger round: its first reset seed, the policy's mean return and rounds on its episodes
+            (before the refit), the new and total pairs, the refit's losses.
         evaluation: Per-controller evaluation summaries (when ``eval_episodes > 0``).
     """
 
@@ -60,6 +64,7 @@ class SFTResult:
     s_per_step: float = math.nan
     teacher_return: float = math.nan
     n_pairs: int = 0
+    dagger: list[dict[str, Any]] = field(default_factory=list)
     evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
@@ -113,30 +118,29 @@ class LLMSFTTrainer:
         self.argv = argv
         self.run_dir: Path | None = None
 
-    def collect(self) -> tuple[Rollout, TextCodec]:
-        """Run the teacher; its rollout (pairs, returns and, for ``head: rank``, observations) and the codec."""
+    def collect(self, env: Any, codec: TextCodec, teacher: Any, actor: Any = None, iteration: int = 0) -> Rollout:
+        """The teacher's episodes, or with ``actor`` DAgger round ``iteration``'s (the actor acts, the teacher labels).
+
+        Records of a DAgger round carry ``"dagger": iteration + 1`` (the teacher's own: 0).
+        """
         cfg = self.config
-        env = make_env(cfg.env_id, cfg.env_config)
-        try:
-            codec = TextCodec.from_env(env, cfg.codec_config())
-            if cfg.head == "rank":
-                check_rank_spec(codec)
-            teacher = make_teacher(cfg.teacher, env, seed=cfg.seed, kwargs=cfg.teacher_kwargs)
-            data = rollout(
-                env,
-                teacher,
-                codec,
-                cfg.episodes,
-                cfg.seed,
-                deterministic=cfg.teacher_deterministic,
-                progress=cfg.progress,
-                description="teacher",
-                max_steps=cfg.episode_steps,
-                keep_observations=cfg.head == "rank",
-            )
-        finally:
-            env.close()
-        return data, codec
+        dagger = actor is not None
+        data = rollout(
+            env,
+            teacher,
+            codec,
+            cfg.dagger_episodes if dagger else cfg.episodes,
+            cfg.dagger_seed(iteration) if dagger else cfg.seed,
+            deterministic=cfg.teacher_deterministic,
+            progress=cfg.progress,
+            description=f"dagger {iteration + 1}" if dagger else "teacher",
+            max_steps=cfg.dagger_episode_steps if dagger else cfg.episode_steps,
+            keep_observations=cfg.head == "rank",
+            actor=actor,
+        )
+        for record in data.records:
+            record["dagger"] = iteration + 1 if dagger else 0
+        return data
 
     def train(self) -> SFTResult:
         """Collect, fine-tune, save the policy (and evaluate when configured)."""
@@ -144,23 +148,43 @@ class LLMSFTTrainer:
         torch.set_num_threads(cfg.torch_threads or os.cpu_count() or 1)
         adapter = resolve_adapter(cfg.adapter)
         self.run_dir = run_dir = prepare_run_dir(cfg.out, "sft", cfg, cfg.run_name, self.argv)
-        data, codec = self.collect()
-        records, returns = data.records, data.returns
+        env = make_env(cfg.env_id, cfg.env_config)
+        try:
+            codec = TextCodec.from_env(env, cfg.codec_config())
+            if cfg.head == "rank":
+                check_rank_spec(codec)
+            teacher = make_teacher(cfg.teacher, env, seed=cfg.seed, kwargs=cfg.teacher_kwargs)
+            data = self.collect(env, codec, teacher)
+            returns = list(data.returns)
+            torch.manual_seed(cfg.seed)
+            model, tokenizer = cfg.fresh_model(adapter)
+            timer = step_timer()
+            start = time.perf_counter()
+            losses = self.fit(model, tokenizer, data, codec, timer, str(run_dir / "trainer"))
+            dagger = []
+            for it in range(cfg.dagger_iterations):
+                visited = self.collect(env, codec, teacher, actor=self.policy(model, tokenizer, codec), iteration=it)
+                data.extend(visited)
+                fit_losses = self.fit(model, tokenizer, data, codec, timer, str(run_dir / "trainer"), cfg.dagger_steps)
+                dagger.append(
+                    {
+                        "seed": cfg.dagger_seed(it),
+                        "policy_return": float(np.mean(visited.returns)),
+                        "policy_rounds": float(np.mean(visited.rounds)),
+                        "new_pairs": len(visited.records),
+                        "pairs": len(data.records),
+                        "losses": fit_losses,
+                    }
+                )
+                losses += fit_losses
+            elapsed = time.perf_counter() - start
+        finally:
+            env.close()
+        records = data.records
         with (run_dir / "data.jsonl").open("w") as fh:
             for r in records:
                 fh.write(json.dumps(r) + "\n")
-
-        torch.manual_seed(cfg.seed)
-        model, tokenizer = cfg.fresh_model(adapter)
-        timer = step_timer()
-        trainer = self._trainer(model, tokenizer, data, codec, timer, str(run_dir / "trainer"))
-        start = time.perf_counter()
-        with compact_lm_head():
-            trainer.train()
-        elapsed = time.perf_counter() - start
-        steps = max(int(trainer.state.global_step), 1)
-        losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
-        model = trainer.model
+        steps = len(timer.times)
         model.eval()
         policy_dir = save_policy(
             run_dir / "policy",
@@ -188,14 +212,13 @@ class LLMSFTTrainer:
             s_per_step=seconds_per_step(timer.times),
             teacher_return=float(np.mean(returns)) if returns else math.nan,
             n_pairs=len(records),
+            dagger=dagger,
         )
         if cfg.eval_episodes > 0:
-            kind = LLMRanker if cfg.head == "rank" else LLMPolicy
-            policy = kind(model, tokenizer, codec, seed=cfg.seed)
             result.evaluation = evaluate_against_teacher(
                 cfg.env_id,
                 cfg.env_config,
-                policy,
+                self.policy(model, tokenizer, codec),
                 cfg.teacher,
                 cfg.teacher_kwargs,
                 cfg.eval_episodes,
@@ -212,6 +235,7 @@ class LLMSFTTrainer:
                     "train_seconds": elapsed,
                     "teacher_return": result.teacher_return,
                     "n_pairs": result.n_pairs,
+                    "dagger": dagger,
                     "evaluation": result.evaluation,
                 },
                 indent=2,
@@ -219,8 +243,25 @@ class LLMSFTTrainer:
         )
         return result
 
-    def _trainer(self, model: Any, tokenizer: Any, data: Rollout, codec: TextCodec, timer: Any, output_dir: str) -> Any:
-        """TRL's ``SFTTrainer`` on the completions, or the :class:`RankTrainer` on the cohorts (``head``)."""
+    def policy(self, model: Any, tokenizer: Any, codec: TextCodec) -> Any:
+        """The policy being trained, acting on ``codec``'s env: the ranker (``head: rank``) or the generator."""
+        kind = LLMRanker if self.config.head == "rank" else LLMPolicy
+        return kind(model, tokenizer, codec, seed=self.config.seed)
+
+    def fit(
+        self,
+        model: Any,
+        tokenizer: Any,
+        data: Rollout,
+        codec: TextCodec,
+        timer: Any,
+        output_dir: str,
+        max_steps: int | None = None,
+    ) -> list[float]:
+        """Fine-tune ``model`` in place on ``data`` for ``max_steps`` (default: the config's); the logged losses.
+
+        The trainer is TRL's ``SFTTrainer`` on the completions, or the :class:`RankTrainer` on the cohorts (``head``).
+        """
         from datasets import Dataset
 
         cfg = self.config
@@ -228,23 +269,27 @@ class LLMSFTTrainer:
             from qflgym.agents.llm.train.rank_fit import RankTrainer, ranking_examples
 
             examples = ranking_examples(data.records, data.observations, codec, tokenizer)
-            return RankTrainer(
+            trainer = RankTrainer(
                 model=model,
-                args=cfg.to_training_args(output_dir),
+                args=cfg.to_training_args(output_dir, max_steps),
                 train_dataset=Dataset.from_list(examples),
                 callbacks=[timer],
                 tokenizer=tokenizer,
             )
-        from trl import SFTTrainer
+        else:
+            from trl import SFTTrainer
 
-        pairs = [{"prompt": r["prompt"], "completion": r["completion"]} for r in data.records]
-        return SFTTrainer(
-            model=model,
-            callbacks=[timer],
-            args=cfg.to_trl(output_dir),
-            train_dataset=Dataset.from_list(pairs),
-            processing_class=tokenizer,
-        )
+            pairs = [{"prompt": r["prompt"], "completion": r["completion"]} for r in data.records]
+            trainer = SFTTrainer(
+                model=model,
+                callbacks=[timer],
+                args=cfg.to_trl(output_dir, max_steps),
+                train_dataset=Dataset.from_list(pairs),
+                processing_class=tokenizer,
+            )
+        with compact_lm_head():
+            trainer.train()
+        return [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
 
 
 def evaluate_against_teacher(
