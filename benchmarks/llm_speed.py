@@ -183,9 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-training", action="store_true", help="only load time and decision latency")
     parser.add_argument("--torch-threads", type=int, help="torch.set_num_threads")
     parser.add_argument("--decisions", type=int, help="latency decisions (default 20, --quick 5)")
+    from qflgym.agents.llm.quantize import QUANTIZATIONS
+
     parser.add_argument(
         "--quantize",
-        choices=("int8", "int8-all"),
+        choices=tuple(QUANTIZATIONS),
         help="time the --policy quantized (load_policy's quantize), against its float32 self on the same states",
     )
     parser.add_argument("--json", dest="json_path", help="write the figures as JSON to this path")

@@ -49,7 +49,7 @@ def make_llm_controller(
         max_new_tokens: Generation budget (default: from the grammar).
         batch_size: Observations decoded together.
         dtype: Model dtype (``float32``, ``bfloat16``; default: a saved policy's training dtype, else float32).
-        quantize: Quantize a saved policy's body for inference (``int8``; see ``policy.quantize_body``).
+        quantize: Quantize a saved policy's body for inference (``int8``; see ``qflgym.agents.llm.quantize``).
         torch_threads: ``torch.set_num_threads`` for this process.
 
     Raises:

@@ -30,9 +30,10 @@ import torch
 
 from qflgym.agents.llm.codec import CodecConfig, TextCodec
 from qflgym.agents.llm.grammar import ActionGrammar, TokenConstraint
+from qflgym.agents.llm.quantize import check_quantize, quantize_body
 from qflgym.agents.llm.text_policy import TextPolicy, causal_lm
 
-__all__ = ["POLICY_META", "QUANTIZATIONS", "LLMPolicy", "load_policy", "quantize_body", "save_policy"]
+__all__ = ["POLICY_META", "LLMPolicy", "load_policy", "save_policy"]
 
 #: Name of the metadata file of a saved policy directory.
 POLICY_META = "qflgym_llm.json"
@@ -388,47 +389,6 @@ def save_policy(
     return path
 
 
-#: Post-training quantizations of a loaded policy (``load_policy(quantize=...)``, the ``llm`` controller's option):
-#: each name maps to the body's linear layers it keeps in float32 (by module-name suffix).
-QUANTIZATIONS: dict[str, tuple[str, ...]] = {"int8": ("down_proj",), "int8-all": ()}
-
-
-def quantize_body(model: Any, scheme: str) -> Any:
-    """Quantize the ``nn.Linear`` layers of ``model``'s transformer body in place (``scheme`` in :data:`QUANTIZATIONS`).
-
-    PyTorch's dynamic quantization (``torch.ao.quantization.quantize_dynamic``): int8 weights with one scale per
-    output channel, activations quantized per call, int32 accumulation (fbgemm/x86 kernels). On this project's
-    AVX2 CPU a 640x2048 layer runs ~3x faster than in float32. ``int8`` keeps the MLP output projections
-    (``down_proj``) in float32: their inputs carry the activation outliers that per-tensor activation scales
-    resolve worst (LLM.int8(), Dettmers et al. 2022); on 50 states of ``QFL/ClientSelection-v1`` the ranker kept
-    its float32 cohort on 86% of them (``int8-all``: 60%). The LM head and the embeddings stay float32, so a
-    ranker's answer direction is unchanged. ``torch.ao``'s quantized tensors are deprecated in favour of torchao
-    (PyTorch issue 184982, pytorch/ao issue 2259) but still ship with torch 2.13; their warnings are silenced here.
-
-    Raises:
-        ValueError: If ``scheme`` is not one of :data:`QUANTIZATIONS`.
-    """
-    import warnings
-
-    if scheme not in QUANTIZATIONS:
-        raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)} (or None), got {scheme!r}")
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    lm = causal_lm(model)
-    body = getattr(lm, lm.base_model_prefix)
-    keep = QUANTIZATIONS[scheme]
-    spec = {
-        name: per_channel_dynamic_qconfig
-        for name, module in body.named_modules()
-        if isinstance(module, torch.nn.Linear) and not name.endswith(keep)
-    }
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*quantize_per.*deprecated", category=UserWarning)
-        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated", category=DeprecationWarning)
-        quantize_dynamic(body, spec, inplace=True)
-    return model
-
-
 def load_policy(
     path: str | Path,
     env: Any,
@@ -451,7 +411,7 @@ def load_policy(
         dtype: Model dtype (a torch dtype or its name; default: the dtype the policy was trained in, else float32).
         merge: Fold the adapter into the base weights (:meth:`Adapter.merge`, done in float32 before casting to
             ``dtype``): faster decisions, same outputs up to rounding. ``False`` keeps the adapter modules.
-        quantize: Quantize the merged float32 body for inference (:func:`quantize_body`; None: keep float weights).
+        quantize: Quantize the merged float32 body for inference (:mod:`~qflgym.agents.llm.quantize`; None: none).
             Faster decisions whose scores differ from the float policy's by the quantization error.
         **kwargs: :class:`LLMPolicy` options (``constrained``, ``temperature``, ...).
 
@@ -470,11 +430,7 @@ def load_policy(
     adapter = ADAPTERS.get(meta["adapter"])
     base_seed = int(meta.get("model_seed", seed))
     dtype = resolve_dtype(dtype or meta.get("dtype", "float32"))
-    if quantize is not None and (quantize not in QUANTIZATIONS or not merge or dtype != torch.float32):
-        raise ValueError(
-            f"quantize must be one of {', '.join(QUANTIZATIONS)} (or None), on a merged float32 policy; got "
-            f"quantize={quantize!r}, merge={merge}, dtype={dtype}"
-        )
+    check_quantize(quantize, merge, dtype)
     model, tokenizer = load_model(
         meta["model"],
         seed=base_seed,
