@@ -203,3 +203,85 @@ def test_int8_ranker_keeps_the_float_scores_up_to_quantization_error(tmp_path, e
             load_policy(policy_dir, env, **bad)
     with pytest.raises(ValueError, match="quantize applies to a saved policy"):
         make_llm_controller(env, quantize="int8")
+
+
+def test_membership_loss_fits_the_teachers_soft_cohort_centred_on_its_cutoff():
+    from qflgym.agents.llm.ranker import cohort_centre, membership_loss, membership_targets
+
+    valid = torch.tensor([[1.0, 1.0, 1.0, 0.0, 1.0]])
+    teacher = torch.tensor([[0.9, -0.2, 0.4, 5.0, -0.8]])  # the unavailable client's score is not the cutoff
+    centred = cohort_centre(teacher, valid, 2)
+    np.testing.assert_allclose(centred.numpy(), [[0.8, -0.3, 0.3, 4.9, -0.9]], atol=1e-6)
+    target = membership_targets(teacher, valid, 2, 0.5)
+    expected = [1 / (1 + math.exp(-c / 0.5)) for c in (0.8, -0.3, 0.3)] + [0.0, 1 / (1 + math.exp(0.9 / 0.5))]
+    np.testing.assert_allclose(target.numpy()[0], expected, rtol=1e-6)
+    student = torch.tensor([[2.0, 0.0, 1.0, -3.0, 0.5]])  # cutoff 0.75: logits 1.25, -0.75, 0.25, -, -0.25
+    bce = [
+        -(p * math.log(1 / (1 + math.exp(-z))) + (1 - p) * math.log(1 / (1 + math.exp(z))))
+        for p, z in zip([expected[0], expected[1], expected[2], expected[4]], (1.25, -0.75, 0.25, -0.25), strict=True)
+    ]
+    assert float(membership_loss(student, target, valid, 2)) == pytest.approx(sum(bce) / 4, rel=1e-6)
+    assert float(membership_loss(cohort_centre(teacher, valid, 2) / 0.5, target, valid, 2)) < float(
+        membership_loss(student, target, valid, 2)
+    )  # the teacher's own centred scores / T fit best
+
+
+def test_soft_rank_examples_carry_the_teachers_membership_and_reject_other_actions(env, tiny):
+    from qflgym.agents.llm.train.rank_fit import ranking_examples
+    from qflgym.agents.llm.train.rollout import make_teacher, rollout
+
+    _, tok = tiny
+    codec = TextCodec.from_env(env, CodecConfig(cohort_size=2))
+    data = rollout(env, make_teacher("cost-aware", env, kwargs={"k": 2}), codec, 2, 0, keep_observations=True)
+    assert len(data.labels) == len(data.records)
+    labels = [np.linspace(-1.0, 1.0, len(label)) for label in data.labels]  # one score per client, the last highest
+    soft = ranking_examples(data.records, data.observations, codec, tok, labels, temperature=0.25)
+    hard = ranking_examples(data.records, data.observations, codec, tok)
+    assert len(soft) == len(hard) > 0
+    for example in soft:
+        target, valid = np.array(example["target"]), np.array(example["valid"], dtype=bool)
+        assert (target[~valid] == 0).all() and ((target[valid] > 0) & (target[valid] < 1)).all()
+        top = np.flatnonzero(valid)[-2:]  # the two highest available scores are the cohort
+        assert (target[top] > 0.5).all() and (np.delete(target, top)[np.delete(valid, top)] < 0.5).all()
+    with pytest.raises(ConfigError, match="one score per client"):
+        ranking_examples(data.records, data.observations, codec, tok, [lb[:2] for lb in labels], temperature=0.25)
+    with pytest.raises(ConfigError, match="raw action of every recorded decision"):
+        ranking_examples(data.records, data.observations, codec, tok, None, temperature=0.25)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ConfigError, match="target_temperature"):
+            LLMSFTConfig(head="rank", cohort_size=2, target_temperature=bad)
+    with pytest.raises(ConfigError, match="target_temperature"):
+        LLMSFTConfig(target_temperature=0.5)  # the completion head has no scores
+
+
+def test_rank_sft_with_soft_targets_lowers_the_membership_loss(tmp_path, env):
+    from qflgym.agents.llm.policy import load_policy
+    from qflgym.agents.llm.ranker import membership_loss
+    from qflgym.agents.llm.train.rank_fit import ranking_examples
+    from qflgym.agents.llm.train.rollout import make_teacher, rollout
+    from qflgym.agents.llm.train.sft_trainer import LLMSFTTrainer
+
+    cfg = LLMSFTConfig(
+        env_id=ENV, teacher="cost-aware", teacher_kwargs={"k": 2}, head="rank", cohort_size=2, episodes=3,
+        max_steps=30, batch_size=4, learning_rate=5e-3, logging_steps=5, torch_threads=1, target_temperature=0.5,
+        out=str(tmp_path), run_name="soft", progress=False,
+    )  # fmt: skip
+    result = LLMSFTTrainer(cfg).train()
+    ranker = load_policy(result.run_dir / "policy", env)
+    base, tok = load_model("tiny", seed=0)
+    codec = ranker.codec
+    data = rollout(env, make_teacher("cost-aware", env, kwargs={"k": 2}), codec, 2, 0, keep_observations=True)
+    examples = ranking_examples(data.records, data.observations, codec, tok, data.labels, temperature=0.5)
+    keep = [i for i, r in enumerate(data.records) if codec.available(data.observations[i]).sum() > 2]
+    assert len(examples) == len(keep) > 0
+
+    def loss(model):
+        enc = encode_rows(tok, codec, [data.records[i]["prompt"] for i in keep])
+        with torch.no_grad():
+            s = row_scores(model, **enc, direction=LLMRanker(model, tok, codec).direction)
+        target = torch.tensor([e["target"] for e in examples])
+        return float(membership_loss(s, target, torch.tensor([e["valid"] for e in examples]), 2))
+
+    assert loss(ranker.model) < 0.9 * loss(base)
+    losses = json.loads((result.run_dir / "metrics.json").read_text())["losses"]
+    assert losses[-1] < losses[0] < 1.5  # a binary cross-entropy near ln 2 at the start, not a listwise one

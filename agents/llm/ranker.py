@@ -14,8 +14,12 @@ available clients with the highest scores (greedy), or a Plackett-Luce sample of
 own, not on the rows below.
 
 :func:`rank_loss` is the listwise objective of distillation (``qflgym llm sft`` with ``head: rank``): the
-cross-entropy of the teacher's cohort under a softmax over the available rows. The chosen cohort is written as the
-canonical completion and parsed by the codec, so the ranker's actions go through the same path as generated ones.
+cross-entropy of the teacher's cohort under a softmax over the available rows. :func:`membership_loss` is the
+soft alternative for a teacher that scores every client (``target_temperature``): each available row's probability
+of being in the teacher's cohort, ``sigmoid(t_i / T)`` with the teacher's scores centred on its cohort's cutoff
+(:func:`cohort_centre`), is fitted by ``sigmoid`` of the ranker's scores centred the same way (Hinton et al.'s
+soft targets, per client). The chosen cohort is written as the canonical completion and parsed by the codec, so
+the ranker's actions go through the same path as generated ones.
 """
 
 from __future__ import annotations
@@ -31,7 +35,18 @@ from qflgym.agents.llm.text_policy import TextPolicy, causal_lm
 from qflgym.config import ConfigError
 from qflgym.envs.actions import ControlDecision
 
-__all__ = ["ANSWER_TOKENS", "LLMRanker", "encode_rows", "pad_rows", "rank_loss", "row_scores", "tokenize_rows"]
+__all__ = [
+    "ANSWER_TOKENS",
+    "LLMRanker",
+    "cohort_centre",
+    "encode_rows",
+    "membership_loss",
+    "membership_targets",
+    "pad_rows",
+    "rank_loss",
+    "row_scores",
+    "tokenize_rows",
+]
 
 #: The answer tokens whose LM-head rows define the score direction (the first token of each).
 ANSWER_TOKENS = (" yes", " no")
@@ -109,6 +124,35 @@ def rank_loss(scores: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -
     logp = torch.log_softmax(scores.masked_fill(valid <= 0, float("-inf")), dim=-1)
     chosen = torch.where(target > 0, logp, torch.zeros_like(logp))
     return -(chosen.sum(-1) / target.sum(-1)).mean()
+
+
+def cohort_centre(scores: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
+    """``scores [B, N]`` minus, per row, the midpoint of its k-th and (k+1)-th highest available score.
+
+    The available rows of the top-k cohort are then exactly the positive ones. Each row needs more than ``k``
+    available clients (with fewer, the cohort is forced and there is no cutoff).
+    """
+    top = torch.topk(scores.masked_fill(valid <= 0, float("-inf")), k + 1, dim=-1).values
+    return scores - 0.5 * (top[..., k - 1 : k] + top[..., k : k + 1])
+
+
+def membership_targets(teacher: torch.Tensor, valid: torch.Tensor, k: int, temperature: float) -> torch.Tensor:
+    """``[B, N]`` soft cohort membership: ``sigmoid(cohort_centre(teacher) / temperature)``, 0 on unavailable rows."""
+    return torch.sigmoid(cohort_centre(teacher, valid, k) / temperature) * (valid > 0)
+
+
+def membership_loss(scores: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
+    """Binary cross-entropy of ``sigmoid(cohort_centre(scores))`` against ``target``, mean over the available rows.
+
+    Args:
+        scores: ``[B, N]`` row scores.
+        target: ``[B, N]`` probabilities of being in the teacher's cohort (:func:`membership_targets`).
+        valid: ``[B, N]`` 1 for the available rows (more than ``k`` per row).
+        k: Cohort size.
+    """
+    logits = cohort_centre(scores, valid, k)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return (bce * valid).sum() / valid.sum()
 
 
 class LLMRanker(TextPolicy):

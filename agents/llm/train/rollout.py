@@ -54,6 +54,7 @@ class Rollout:
         records: One dict per decision: ``prompt``, ``completion``, ``episode``, ``step``, ``reward``.
         states: Env snapshots (``env.unwrapped.get_state()``) before each decision, when requested.
         observations: The observation before each decision, when states or observations are requested.
+        labels: The controller's raw action at each of those observations (e.g. a top-k clone's client scores).
         returns: Return of every episode.
         rounds: Rounds of every episode.
     """
@@ -61,14 +62,16 @@ class Rollout:
     records: list[dict[str, Any]] = field(default_factory=list)
     states: list[Any] = field(default_factory=list)
     observations: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
     returns: list[float] = field(default_factory=list)
     rounds: list[int] = field(default_factory=list)
 
     def extend(self, other: Rollout) -> None:
-        """Append ``other``'s records, states, observations and episodes (DAgger's aggregation)."""
+        """Append ``other``'s records, states, observations, labels and episodes (DAgger's aggregation)."""
         self.records.extend(other.records)
         self.states.extend(other.states)
         self.observations.extend(other.observations)
+        self.labels.extend(other.labels)
         self.returns.extend(other.returns)
         self.rounds.extend(other.rounds)
 
@@ -97,7 +100,7 @@ def rollout(
         episodes: Episodes to run.
         seed: Reset seed of the first episode.
         keep_states: Store ``env.unwrapped.get_state()`` and the observation before every decision.
-        keep_observations: Store the observation before every decision.
+        keep_observations: Store the observation before every decision, and the controller's raw action there.
         deterministic: Passed to ``predict``.
         progress: Show a progress bar.
         description: Progress bar label.
@@ -122,6 +125,8 @@ def rollout(
             if keep_states or keep_observations:
                 out.observations.append(np.array(obs, copy=True))
             label, _ = controller.predict(obs, state=None, episode_start=start, deterministic=deterministic)
+            if keep_states or keep_observations:
+                out.labels.append(np.array(label, dtype=np.float64, copy=True))
             action = label
             if actor is not None:
                 action, _ = actor.predict(obs, state=None, episode_start=start, deterministic=True)

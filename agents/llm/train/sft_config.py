@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,13 @@ class LLMSFTConfig(LLMRunMixin):
             "the top cohort_size clients; selection-only envs)"
         ),
     )
+    target_temperature: float | None = field(
+        default=None,
+        metadata=_help(
+            "head rank: fit the teacher's soft cohort membership, sigmoid(its client scores centred on the cohort's "
+            "cutoff / T), instead of its cohort (a teacher acting with one score per client, e.g. a top-k clone)"
+        ),
+    )
     dtype: str = field(
         default="float32",
         metadata=_help("base model weights while training: float32, bfloat16 (adapter weights stay float32)"),
@@ -142,6 +150,12 @@ class LLMSFTConfig(LLMRunMixin):
             errors.append(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         elif self.head == "rank" and self.cohort_size is None:
             errors.append("head 'rank' needs cohort_size (the k of its top-k)")
+        if self.target_temperature is not None and not (
+            self.head == "rank" and math.isfinite(self.target_temperature) and self.target_temperature > 0
+        ):
+            errors.append(
+                f"target_temperature must be None or finite > 0 with head 'rank', got {self.target_temperature}"
+            )
         if self.eval_episodes < 0:
             errors.append(f"eval_episodes must be >= 0, got {self.eval_episodes}")
         if errors:

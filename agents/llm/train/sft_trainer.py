@@ -268,13 +268,16 @@ class LLMSFTTrainer:
         if cfg.head == "rank":
             from qflgym.agents.llm.train.rank_fit import RankTrainer, ranking_examples
 
-            examples = ranking_examples(data.records, data.observations, codec, tokenizer)
+            examples = ranking_examples(
+                data.records, data.observations, codec, tokenizer, data.labels, cfg.target_temperature
+            )
             trainer = RankTrainer(
                 model=model,
                 args=cfg.to_training_args(output_dir, max_steps),
                 train_dataset=Dataset.from_list(examples),
                 callbacks=[timer],
                 tokenizer=tokenizer,
+                membership_k=None if cfg.target_temperature is None else cfg.cohort_size,
             )
         else:
             from trl import SFTTrainer
