@@ -136,9 +136,7 @@ def run_demo(
         BenchSuite,
         {
             "name": "demo",
-            "description": (
-                f"{learned}, trained on {env_id}, evaluated on unseen seeds against selection heuristics."
-            ),
+            "description": (f"{learned}, trained on {env_id}, evaluated on unseen seeds against selection heuristics."),
             "baseline": "random-k",
             "seeds": seeds,
             "envs": [{"id": env_id}],

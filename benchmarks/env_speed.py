@@ -191,8 +191,15 @@ def measure_vector(env_id: str, num_envs: int, processes: int, seconds: float) -
     from multiprocessing import get_context
 
     with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
-        runs = list(pool.map(vector_worker, [env_id] * processes, [num_envs] * processes, [seconds] * processes,
-                             [1000 * p for p in range(processes)]))
+        runs = list(
+            pool.map(
+                vector_worker,
+                [env_id] * processes,
+                [num_envs] * processes,
+                [seconds] * processes,
+                [1000 * p for p in range(processes)],
+            )
+        )
     total = sum(r["steps_per_s"] for r in runs)
     return {
         "num_envs": num_envs,

@@ -186,8 +186,10 @@ def main() -> int:
     output: dict[str, object] = {"kernel": kernel, "largest_size_memory": memory}
     if args.rounds:
         rounds = rounds_table(args.quick)
-        print("\n| preset | torch rounds/s | PennyLane broadcast rounds/s | per-sample loop rounds/s "
-              "| speedup vs PennyLane | speedup vs loop |")
+        print(
+            "\n| preset | torch rounds/s | PennyLane broadcast rounds/s | per-sample loop rounds/s "
+            "| speedup vs PennyLane | speedup vs loop |"
+        )
         print("|---|---:|---:|---:|---:|---:|")
         for preset, r in rounds.items():
             loop = "not run (--quick)" if r["loop_rounds_per_s"] is None else f"{r['loop_rounds_per_s']:.4f}"

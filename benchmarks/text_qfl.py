@@ -76,8 +76,13 @@ def run_head(task: tuple[str, int, str, int, argparse.Namespace]) -> dict[str, A
     for _ in range(args.rounds):
         report = fed.run_round(np.arange(fed.n_clients))
     return {
-        "head": head, "qubits": qubits, "setting": setting, "seed": seed, "n_params": fed.n_params,
-        "test_accuracy": report.test_accuracy, "val_accuracy": report.val_accuracy,
+        "head": head,
+        "qubits": qubits,
+        "setting": setting,
+        "seed": seed,
+        "n_params": fed.n_params,
+        "test_accuracy": report.test_accuracy,
+        "val_accuracy": report.val_accuracy,
         "s_per_round": (time.perf_counter() - started) / args.rounds,
     }
 
@@ -90,7 +95,10 @@ def adapter_config(kind: str, args: argparse.Namespace, adapter: str = "lora") -
         "circuit": {"n_qubits": 4, "n_layers": 2, "reupload": True, "entangler": "long_range"},
         "clients": {"n_clients": 10},
         "training": {
-            "optimizer": "adam", "lr": args.adapter_lr, "local_steps": args.adapter_local_steps, "batch_size": 16,
+            "optimizer": "adam",
+            "lr": args.adapter_lr,
+            "local_steps": args.adapter_local_steps,
+            "batch_size": 16,
         },
         "model": {"kind": kind, "adapter": adapter, "head": "vqc", "r": 4, "alpha": 8, "max_length": 64},
     }
@@ -114,10 +122,15 @@ def run_adapter(run: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
         selected = np.sort(rng.choice(fed.n_clients, 3, replace=False))
         started = time.perf_counter()
         report = fed.run_round(selected)
-        rounds.append({
-            "round": r, "test_accuracy": report.test_accuracy, "val_accuracy": report.val_accuracy,
-            "bytes": report.bytes_uploaded + report.bytes_downloaded, "seconds": time.perf_counter() - started,
-        })
+        rounds.append(
+            {
+                "round": r,
+                "test_accuracy": report.test_accuracy,
+                "val_accuracy": report.val_accuracy,
+                "bytes": report.bytes_uploaded + report.bytes_downloaded,
+                "seconds": time.perf_counter() - started,
+            }
+        )
     return {"kind": run, "seed": seed, "n_params": fed.n_params, "param_bytes": fed.param_bytes, "rounds": rounds}
 
 
@@ -188,23 +201,35 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     """The results as Markdown tables."""
     table, qubits = result["summary"]["table"], result["qubits"]
-    lines = ["| setting | qubits | " + " | ".join(f"{h} acc (params)" for h in HEADS) + " |",
-             "|---|---:|" + "---:|" * len(HEADS)]
+    lines = [
+        "| setting | qubits | " + " | ".join(f"{h} acc (params)" for h in HEADS) + " |",
+        "|---|---:|" + "---:|" * len(HEADS),
+    ]
     for setting in SETTINGS:
         for q in qubits:
             cells = [table[f"{setting}/{q}/{h}"] for h in HEADS]
-            lines.append(f"| {setting} | {q} | " + " | ".join(
-                f"{c['mean']:.3f} ± {c['ci']:.3f} ({c['n_params']})" for c in cells) + " |")
+            lines.append(
+                f"| {setting} | {q} | "
+                + " | ".join(f"{c['mean']:.3f} ± {c['ci']:.3f} ({c['n_params']})" for c in cells)
+                + " |"
+            )
     lines += ["", "| paired by seed (test accuracy difference) | mean ± 95% CI |", "|---|---:|"]
     lines += [f"| {k} | {m:+.3f} ± {h:.3f} |" for k, (m, h) in result["summary"]["findings"].items()]
     if result.get("adapter_summary"):
         summary = result["adapter_summary"]
         kinds = list(summary["final"])
         names = ["frozen encoder" if k == "vqc" else f"federated {k} adapter" for k in kinds]
-        lines += ["", f"Federated adapters, seeds {summary['seeds']}: mean test accuracy per round", "",
-                  "| round | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(kinds)]
-        lines += [f"| {r['round']} | " + " | ".join(f"{r[f'{k}_test_accuracy']:.3f}" for k in kinds) + " |"
-                  for r in summary["rounds"]]
+        lines += [
+            "",
+            f"Federated adapters, seeds {summary['seeds']}: mean test accuracy per round",
+            "",
+            "| round | " + " | ".join(names) + " |",
+            "|---:|" + "---:|" * len(kinds),
+        ]
+        lines += [
+            f"| {r['round']} | " + " | ".join(f"{r[f'{k}_test_accuracy']:.3f}" for k in kinds) + " |"
+            for r in summary["rounds"]
+        ]
         rows = {
             "final test accuracy": [f"{m:.3f} ± {h:.3f}" for m, h in (summary["final"][k] for k in kinds)],
             "trainable (sent) parameters": [str(summary["n_params"][k]) for k in kinds],
@@ -215,7 +240,10 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows.items()]
         lines += [""] + [
             "{} - frozen, paired by seed: final {:+.3f} ± {:.3f}, best round {:+.3f} ± {:.3f}".format(
-                k, *d["final"], *d["best_round"]) for k, d in summary["adapter_minus_frozen"].items()]
+                k, *d["final"], *d["best_round"]
+            )
+            for k, d in summary["adapter_minus_frozen"].items()
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -251,9 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         "--adapter-lr", type=float, default=0.05, help="Adam lr of the head (the adapter's: x model.adapter_lr_scale)"
     )
     parser.add_argument("--adapter-seeds", type=int, default=3)
-    parser.add_argument(
-        "--adapters", nargs="+", default=["lora"], help="encoder adapters to federate (lora, qpa, qaa)"
-    )
+    parser.add_argument("--adapters", nargs="+", default=["lora"], help="encoder adapters to federate (lora, qpa, qaa)")
     parser.add_argument("--no-adapters", action="store_true")
     parser.add_argument("--reuse-heads", type=Path, default=None, help="take part 1 from this text_qfl.json")
     parser.add_argument("--workers", type=int, default=2)

@@ -144,9 +144,7 @@ class CircuitConfig(StrictModel):
         if self.embedding == "amplitude" and self.reupload:
             raise ValueError("circuit.embedding='amplitude' prepares the state once: set circuit.reupload=false")
         if self.readout_qubits is not None and self.readout_qubits > self.n_qubits:
-            raise ValueError(
-                f"circuit.readout_qubits={self.readout_qubits} exceeds circuit.n_qubits={self.n_qubits}"
-            )
+            raise ValueError(f"circuit.readout_qubits={self.readout_qubits} exceeds circuit.n_qubits={self.n_qubits}")
         return self
 
 

@@ -194,9 +194,7 @@ class DataSplits:
         return len(self.y_train), len(self.y_val), len(self.y_test)
 
 
-def load_splits(
-    config: DataConfig, n_features: int, rng: np.random.Generator, embedding: str = "angle"
-) -> DataSplits:
+def load_splits(config: DataConfig, n_features: int, rng: np.random.Generator, embedding: str = "angle") -> DataSplits:
     """Load ``config.dataset`` and return stratified splits mapped to rotation angles (or amplitudes).
 
     All randomness (generated data, subsets, splits) is drawn from ``rng``; the preprocessing (standardize,

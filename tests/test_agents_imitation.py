@@ -118,13 +118,13 @@ def test_pretrain_runs_dagger_rounds_on_fresh_seeds() -> None:
     assert result.steps > 0
 
 
-
 @pytest.mark.parametrize(("dagger_epochs", "one_pass"), [(1, True), (None, False)])
 def test_dagger_refits_run_dagger_epochs_passes(dagger_epochs: int | None, one_pass: bool) -> None:
     env = gym.make(ENV)
     cfg = PretrainConfig(**TEACHER, episodes=2, epochs=3, dagger_iterations=1, dagger_episodes=1)
     result = pretrain(_model(env), env, cfg.model_copy(update={"dagger_epochs": dagger_epochs}), seed=7)
     assert (result.clone.first_loss == result.clone.last_loss) is one_pass  # the last fit is the refit
+
 
 def _clone_only(tmp_path, hyperparams: str, pretrain: dict):
     """``train`` with ``timesteps=0``: the cloned policy is the run's model."""

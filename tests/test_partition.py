@@ -34,8 +34,7 @@ def mean_skew_over_seeds(scheme: str, alpha: float, seeds: range = range(5)) -> 
     labels = balanced_labels()
     config = PartitionConfig(scheme=scheme, alpha=alpha, min_samples=4)
     values = [
-        mean_skew(client_statistics(labels, partition(labels, 10, config, np.random.default_rng(s)), 10))
-        for s in seeds
+        mean_skew(client_statistics(labels, partition(labels, 10, config, np.random.default_rng(s)), 10)) for s in seeds
     ]
     return float(np.mean(values))
 

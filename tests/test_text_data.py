@@ -144,8 +144,12 @@ def test_text_splits_and_partitions(tmp_path, encoder, embedding):
         assert np.allclose(np.linalg.norm(splits.x_train, axis=1), 1.0)
     for scheme in ("dirichlet", "quantity_skew"):
         fed = Federation(
-            {"data": data, "partition": {"scheme": scheme, "alpha": 0.3, "min_samples": 2},
-             "circuit": {"n_qubits": 4, "embedding": embedding}, "clients": {"n_clients": 5}},
+            {
+                "data": data,
+                "partition": {"scheme": scheme, "alpha": 0.3, "min_samples": 2},
+                "circuit": {"n_qubits": 4, "embedding": embedding},
+                "clients": {"n_clients": 5},
+            },
             0,
         )
         assert sum(s.size for s in fed.client_stats) == fed.data.sizes[0]

@@ -61,8 +61,10 @@ def test_text_ids_pass_check_env_and_roll_out_alike(env_id, text_data):
 @pytest.mark.parametrize("family", ["client_selection", "step_size", "round_termination", "full_control"])
 def test_every_env_family_runs_on_the_adapter_federation(family, text_data):
     cls = {
-        "client_selection": qenvs.ClientSelectionEnv, "step_size": qenvs.StepSizeEnv,
-        "round_termination": qenvs.RoundTerminationEnv, "full_control": qenvs.FullControlEnv,
+        "client_selection": qenvs.ClientSelectionEnv,
+        "step_size": qenvs.StepSizeEnv,
+        "round_termination": qenvs.RoundTerminationEnv,
+        "full_control": qenvs.FullControlEnv,
     }[family]
     env = cls(presets=("v1", f"{family}_v1", "text_v1", "text_adapter_v1"), config=overrides(text_data))
     env.reset(seed=0)
@@ -150,7 +152,9 @@ def test_adapter_kind_needs_a_text_dataset_and_a_known_adapter(text_data):
 
 def test_batched_envs_run_adapter_federations_one_round_each(text_data):
     envs = gym.make_vec(
-        "QFL/ClientSelection-TextAdapter-v1", num_envs=2, vectorization_mode="vector_entry_point",
+        "QFL/ClientSelection-TextAdapter-v1",
+        num_envs=2,
+        vectorization_mode="vector_entry_point",
         config=overrides(text_data),
     )
     envs.reset(seed=0)

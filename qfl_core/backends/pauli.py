@@ -60,7 +60,6 @@ def pauli_cnot_table(n_qubits: int, cnot_range: int) -> tuple[np.ndarray, np.nda
     return source, 1.0 - 2.0 * phase
 
 
-
 class PauliTransferSimulator:
     """The noisy path of the ``torch`` backend: exact density-matrix evolution as Pauli vectors.
 

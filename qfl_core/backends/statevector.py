@@ -68,7 +68,6 @@ class _Saved:
     psi: torch.Tensor
 
 
-
 class NoiselessCircuit(torch.autograd.Function):
     """``weights -> (z, psi)`` with the adjoint backward of :meth:`StatevectorSimulator.backward`."""
 
@@ -180,7 +179,6 @@ class StatevectorSimulator:
                     layout["perm_inv"].append(torch.as_tensor(np.argsort(index).reshape(1, -1)))
             self._layouts[key] = to_device(layout, device)
         return self._layouts[key]
-
 
     def forward(self, weights: torch.Tensor, x: torch.Tensor, save: bool) -> tuple[torch.Tensor, _Saved]:
         """Noiseless statevector simulation without autograd; returns ``z [C, B, Q]`` and the intermediates."""
@@ -309,4 +307,3 @@ class StatevectorSimulator:
             probs = (psi.real.square() + psi.imag.square()).transpose(1, 2).reshape(n_clients, batch, -1)
             finv = self.const(probs.dtype, probs.device)["finv_last"]
             return probs if finv is None else probs.index_select(-1, finv)
-

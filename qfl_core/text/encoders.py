@@ -79,7 +79,10 @@ class MiniLMEncoder:
     def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         """Mean-pooled, normalized 384-d embeddings (as the model card prescribes), with a progress bar."""
         out = self.load().encode(
-            list(texts), batch_size=batch_size, show_progress_bar=True, convert_to_numpy=True,
+            list(texts),
+            batch_size=batch_size,
+            show_progress_bar=True,
+            convert_to_numpy=True,
             normalize_embeddings=True,
         )
         return np.asarray(out, dtype=np.float32)
@@ -115,8 +118,11 @@ class TransformerEncoder:
         with torch.no_grad():
             for start in tqdm(range(0, len(texts), batch_size), desc="embedding", unit="batch"):
                 batch = tokenizer(
-                    list(texts[start : start + batch_size]), padding=True, truncation=True,
-                    max_length=self.max_length, return_tensors="pt",
+                    list(texts[start : start + batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
                 )
                 out.append(mean_pooled(model(**batch).last_hidden_state, batch["attention_mask"]).numpy())
         return np.concatenate(out).astype(np.float32)
