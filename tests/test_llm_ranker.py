@@ -206,11 +206,12 @@ def test_int8_ranker_keeps_the_float_scores_up_to_quantization_error(tmp_path, e
 
 
 def test_membership_loss_fits_the_teachers_soft_cohort_centred_on_its_cutoff():
-    from qflgym.agents.llm.ranker import cohort_centre, membership_loss, membership_targets
+    from qflgym.agents.llm.ranker import membership_loss, membership_targets
+    from qflgym.agents.policies.equivariant import centre_on_cohort
 
     valid = torch.tensor([[1.0, 1.0, 1.0, 0.0, 1.0]])
     teacher = torch.tensor([[0.9, -0.2, 0.4, 5.0, -0.8]])  # the unavailable client's score is not the cutoff
-    centred = cohort_centre(teacher, valid, 2)
+    centred = centre_on_cohort(teacher, 2, valid)
     np.testing.assert_allclose(centred.numpy(), [[0.8, -0.3, 0.3, 4.9, -0.9]], atol=1e-6)
     target = membership_targets(teacher, valid, 2, 0.5)
     expected = [1 / (1 + math.exp(-c / 0.5)) for c in (0.8, -0.3, 0.3)] + [0.0, 1 / (1 + math.exp(0.9 / 0.5))]
@@ -221,7 +222,7 @@ def test_membership_loss_fits_the_teachers_soft_cohort_centred_on_its_cutoff():
         for p, z in zip([expected[0], expected[1], expected[2], expected[4]], (1.25, -0.75, 0.25, -0.25), strict=True)
     ]
     assert float(membership_loss(student, target, valid, 2)) == pytest.approx(sum(bce) / 4, rel=1e-6)
-    assert float(membership_loss(cohort_centre(teacher, valid, 2) / 0.5, target, valid, 2)) < float(
+    assert float(membership_loss(centre_on_cohort(teacher, 2, valid) / 0.5, target, valid, 2)) < float(
         membership_loss(student, target, valid, 2)
     )  # the teacher's own centred scores / T fit best
 

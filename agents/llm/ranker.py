@@ -17,9 +17,10 @@ own, not on the rows below.
 cross-entropy of the teacher's cohort under a softmax over the available rows. :func:`membership_loss` is the
 soft alternative for a teacher that scores every client (``target_temperature``): each available row's probability
 of being in the teacher's cohort, ``sigmoid(t_i / T)`` with the teacher's scores centred on its cohort's cutoff
-(:func:`cohort_centre`), is fitted by ``sigmoid`` of the ranker's scores centred the same way (Hinton et al.'s
-soft targets, per client). The chosen cohort is written as the canonical completion and parsed by the codec, so
-the ranker's actions go through the same path as generated ones.
+(the equivariant policy's :func:`~qflgym.agents.policies.equivariant.centre_on_cohort`), is fitted by ``sigmoid``
+of the ranker's scores centred the same way (Hinton et al.'s soft targets, per client). The chosen cohort is
+written as the canonical completion and parsed by the codec, so the ranker's actions go through the same path as
+generated ones.
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ import torch
 
 from qflgym.agents.llm.codec import TextCodec
 from qflgym.agents.llm.text_policy import TextPolicy, causal_lm
+from qflgym.agents.policies.equivariant import centre_on_cohort
 from qflgym.config import ConfigError
 from qflgym.envs.actions import ControlDecision
 
 __all__ = [
     "ANSWER_TOKENS",
     "LLMRanker",
-    "cohort_centre",
     "encode_rows",
     "membership_loss",
     "membership_targets",
@@ -126,23 +127,13 @@ def rank_loss(scores: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -
     return -(chosen.sum(-1) / target.sum(-1)).mean()
 
 
-def cohort_centre(scores: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
-    """``scores [B, N]`` minus, per row, the midpoint of its k-th and (k+1)-th highest available score.
-
-    The available rows of the top-k cohort are then exactly the positive ones. Each row needs more than ``k``
-    available clients (with fewer, the cohort is forced and there is no cutoff).
-    """
-    top = torch.topk(scores.masked_fill(valid <= 0, float("-inf")), k + 1, dim=-1).values
-    return scores - 0.5 * (top[..., k - 1 : k] + top[..., k : k + 1])
-
-
 def membership_targets(teacher: torch.Tensor, valid: torch.Tensor, k: int, temperature: float) -> torch.Tensor:
-    """``[B, N]`` soft cohort membership: ``sigmoid(cohort_centre(teacher) / temperature)``, 0 on unavailable rows."""
-    return torch.sigmoid(cohort_centre(teacher, valid, k) / temperature) * (valid > 0)
+    """``[B, N]`` soft cohort membership: ``sigmoid(centre_on_cohort(teacher) / temperature)``, 0 if unavailable."""
+    return torch.sigmoid(centre_on_cohort(teacher, k, valid) / temperature) * (valid > 0)
 
 
 def membership_loss(scores: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
-    """Binary cross-entropy of ``sigmoid(cohort_centre(scores))`` against ``target``, mean over the available rows.
+    """Binary cross-entropy of ``sigmoid(centre_on_cohort(scores))`` against ``target``, mean over available rows.
 
     Args:
         scores: ``[B, N]`` row scores.
@@ -150,7 +141,7 @@ def membership_loss(scores: torch.Tensor, target: torch.Tensor, valid: torch.Ten
         valid: ``[B, N]`` 1 for the available rows (more than ``k`` per row).
         k: Cohort size.
     """
-    logits = cohort_centre(scores, valid, k)
+    logits = centre_on_cohort(scores, k, valid)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
     return (bce * valid).sum() / valid.sum()
 

@@ -101,15 +101,17 @@ class EquivariantConfig(StrictModel):
         return self
 
 
-def centre_on_cohort(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """``scores [B, N]`` shifted per row so that exactly its ``k`` highest are positive.
+def centre_on_cohort(scores: torch.Tensor, k: int, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """``scores [B, N]`` shifted per row so that exactly its ``k`` highest (available) are positive.
 
     The midpoint of the k-th and (k+1)-th highest score moves to 0 (permutation-equivariant, differentiable
-    almost everywhere); with ``N <= k`` every score is made positive (the lowest moves to 0.5).
+    almost everywhere); with ``N <= k`` every score is made positive (the lowest moves to 0.5). With ``valid``
+    (``[B, N]``, 1 for the available rows; each row needs more than ``k``) only available rows set the cutoff.
     """
-    if scores.shape[-1] <= k:
+    if valid is None and scores.shape[-1] <= k:
         return scores - scores.amin(dim=-1, keepdim=True) + 0.5
-    top = torch.topk(scores, k + 1, dim=-1).values
+    ranked = scores if valid is None else scores.masked_fill(valid <= 0, float("-inf"))
+    top = torch.topk(ranked, k + 1, dim=-1).values
     return scores - 0.5 * (top[..., k - 1 : k] + top[..., k : k + 1])
 
 

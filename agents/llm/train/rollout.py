@@ -122,10 +122,9 @@ def rollout(
         while True:
             if keep_states:
                 out.states.append(unwrapped.get_state())
-            if keep_states or keep_observations:
-                out.observations.append(np.array(obs, copy=True))
             label, _ = controller.predict(obs, state=None, episode_start=start, deterministic=deterministic)
             if keep_states or keep_observations:
+                out.observations.append(np.array(obs, copy=True))
                 out.labels.append(np.array(label, dtype=np.float64, copy=True))
             action = label
             if actor is not None:
